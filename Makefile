@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make demo   set up .venv and run the main job on the embedded synthetic Alaska
+#   make test   set up .venv and run lint, type checks, the import contract and the tests
+.PHONY: setup demo test lint pytest bench clean
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+setup:
+	@./scripts/setup.sh
+
+demo: setup
+	$(BIN)/miso-bench data synth --preset default
+	$(BIN)/miso-bench data check
+	$(BIN)/miso-bench data info
+
+lint: setup
+	$(BIN)/ruff check miso_bench tests benchmarks
+	$(BIN)/ruff format --check miso_bench tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: setup
+	$(BIN)/python -m pytest
+
+test: lint pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_data.py
+
+clean:
+	rm -rf .miso-bench .pytest_cache .mypy_cache .ruff_cache

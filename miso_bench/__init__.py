@@ -1,0 +1,3 @@
+"""miso-bench."""
+
+__version__ = "0.1.0"

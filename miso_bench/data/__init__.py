@@ -1,0 +1,1 @@
+"""Data layer: manifests, torchgeo datasets, pedons, regions, chips, features, synthetic data."""

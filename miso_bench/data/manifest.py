@@ -1,0 +1,435 @@
+"""The dataset manifest (``dataset.yaml``): what is on disk and how to read it.
+
+A manifest describes one dataset: its CRS and resolution, each raster modality's folder, file
+glob, band names, no-data value and dtype, the pedon file with its label columns and class
+lists, and the region layers used for reporting. Paths are relative to ``root`` (itself
+relative to the manifest's folder, default ``.``), so a manifest kept in the project can point
+at data stored elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ManifestError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "DatasetManifest",
+    "LabelSpec",
+    "ModalitySpec",
+    "PedonSpec",
+    "RegionSpec",
+    "find_manifest",
+    "load_manifest",
+]
+
+#: File name of a dataset manifest inside a dataset folder.
+MANIFEST_NAME = "dataset.yaml"
+_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One raster modality (a folder of GeoTIFFs with the same bands).
+
+    Attributes:
+        name: modality key (``sentinel2``, ``terrain``, ``climate`` or any other).
+        folder: folder of the files, relative to the dataset root.
+        glob: file-name pattern inside ``folder``.
+        bands: band names, in file order.
+        nodata: value marking missing pixels (all bands), or None when the files have none.
+        dtype: on-disk data type.
+        res_m: native resolution in CRS units (defaults to the dataset's).
+        categorical: names of bands holding class codes (nearest resampling, no scaling).
+    """
+
+    name: str
+    folder: str
+    glob: str
+    bands: tuple[str, ...]
+    nodata: float | None
+    dtype: str
+    res_m: float
+    categorical: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """A label column of the pedon file.
+
+    Attributes:
+        name: task-facing label name (``pf1m``, ``tax_order``).
+        column: column in the pedon file.
+        classes: allowed values, in class-index order.
+    """
+
+    name: str
+    column: str
+    classes: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class PedonSpec:
+    """The pedon (field observation) file.
+
+    Attributes:
+        file: GeoPackage, GeoJSON, CSV or Parquet file relative to the dataset root.
+        id_column: column with unique integer site ids.
+        labels: label columns by name.
+        layer: layer name for multi-layer GeoPackages.
+        x_column, y_column: coordinate columns for files without geometry (CSV, Parquet).
+        crs: CRS of ``x_column``/``y_column`` (defaults to the dataset CRS).
+    """
+
+    file: str
+    id_column: str
+    labels: dict[str, LabelSpec]
+    layer: str | None = None
+    x_column: str | None = None
+    y_column: str | None = None
+    crs: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """A polygon layer used to report results by region.
+
+    Attributes:
+        name: region key (``pf_zone``, ``mlra``).
+        file: vector file relative to the dataset root.
+        field: attribute holding the region name.
+    """
+
+    name: str
+    file: str
+    field: str
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """A parsed, validated ``dataset.yaml``.
+
+    Attributes:
+        path: the manifest file.
+        root: folder that the manifest's relative paths start from.
+        name: dataset name.
+        crs: coordinate reference system (``EPSG:3338``).
+        res_m: resolution of the common grid, in CRS units.
+        modalities: raster modalities by name, in stacking order.
+        pedons: the pedon file.
+        regions: region layers by name.
+        truth_file: optional dense truth sample (synthetic data only).
+        source: free-form provenance (generator, preset, seed, version).
+        description: free text.
+    """
+
+    path: Path
+    root: Path
+    name: str
+    crs: str
+    res_m: float
+    modalities: dict[str, ModalitySpec]
+    pedons: PedonSpec
+    regions: dict[str, RegionSpec] = field(default_factory=dict)
+    truth_file: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def resolve(self, relative: str) -> Path:
+        """Absolute path of a file named relative to the dataset root."""
+        return (self.root / relative).resolve()
+
+    def modality_files(self, name: str) -> list[Path]:
+        """Sorted raster files of a modality."""
+        spec = self.modalities[name]
+        return sorted(self.resolve(spec.folder).glob(spec.glob))
+
+    @property
+    def band_names(self) -> list[str]:
+        """All band names in stacking order (modality by modality)."""
+        return [b for spec in self.modalities.values() for b in spec.bands]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain YAML-ready data (paths stay relative)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out.update({"crs": self.crs, "res_m": self.res_m, "modalities": {}})
+        for m in self.modalities.values():
+            entry: dict[str, Any] = {
+                "folder": m.folder,
+                "glob": m.glob,
+                "bands": list(m.bands),
+                "nodata": m.nodata,
+                "dtype": m.dtype,
+            }
+            if m.res_m != self.res_m:
+                entry["res_m"] = m.res_m
+            if m.categorical:
+                entry["categorical"] = list(m.categorical)
+            out["modalities"][m.name] = entry
+        p = self.pedons
+        ped: dict[str, Any] = {"file": p.file, "id_column": p.id_column}
+        for key in ("layer", "x_column", "y_column", "crs"):
+            if getattr(p, key) is not None:
+                ped[key] = getattr(p, key)
+        ped["labels"] = {
+            lab.name: {"column": lab.column, "classes": list(lab.classes)}
+            for lab in p.labels.values()
+        }
+        out["pedons"] = ped
+        if self.regions:
+            out["regions"] = {
+                r.name: {"file": r.file, "field": r.field} for r in self.regions.values()
+            }
+        if self.truth_file:
+            out["truth"] = {"file": self.truth_file}
+        if self.source:
+            out["source"] = dict(self.source)
+        return out
+
+    def write(self, path: Path | None = None) -> Path:
+        """Write the manifest as YAML (to ``path`` or its own path)."""
+        target = Path(path or self.path)
+        target.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return target
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing with errors that name the file, the field and the fix.
+
+
+class _Reader:
+    def __init__(self, file: Path) -> None:
+        self.file = str(file)
+
+    def fail(self, fld: str, problem: str, fix: str) -> ManifestError:
+        return ManifestError(self.file, fld, problem, fix)
+
+    def mapping(self, value: Any, fld: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(
+                fld,
+                f"expected a mapping, got {type(value).__name__}",
+                "write it as `key: value` lines",
+            )
+        return value
+
+    def keys(
+        self, value: Mapping[str, Any], fld: str, required: set[str], optional: set[str]
+    ) -> None:
+        allowed = required | optional
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = (
+                    f"did you mean `{close[0]}`?"
+                    if close
+                    else f"allowed keys: {', '.join(sorted(allowed))}"
+                )
+                raise self.fail(
+                    f"{fld}.{key}" if fld else str(key),
+                    "unknown key",
+                    f"remove it or rename it; {hint}",
+                )
+        for key in sorted(required):
+            if key not in value:
+                raise self.fail(
+                    f"{fld}.{key}" if fld else key,
+                    "missing",
+                    "add it (see datasets/README.md for the manifest format)",
+                )
+
+    def string(self, value: Any, fld: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(
+                fld, f"expected a non-empty string, got {value!r}", "write a string value"
+            )
+        return value
+
+    def number(self, value: Any, fld: str, positive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(fld, f"expected a number, got {value!r}", "write a number")
+        if positive and value <= 0:
+            raise self.fail(fld, f"must be positive, got {value}", "write a positive number")
+        return float(value)
+
+    def str_list(self, value: Any, fld: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(fld, "expected a non-empty list", "write a YAML list: [a, b, c]")
+        items = tuple(str(v) for v in value)
+        dupes = sorted({v for v in items if items.count(v) > 1})
+        if dupes:
+            raise self.fail(fld, f"duplicate entries {dupes}", "list each entry once")
+        return items
+
+
+def find_manifest(path: str | Path) -> Path:
+    """Return the manifest file for a dataset folder or manifest path.
+
+    Raises:
+        ManifestError: when there is no manifest there.
+    """
+    p = Path(path)
+    candidate = p / MANIFEST_NAME if p.is_dir() else p
+    if not candidate.is_file():
+        raise ManifestError(
+            str(candidate),
+            "(file)",
+            "no dataset manifest found",
+            f"pass a dataset folder containing {MANIFEST_NAME} (create one with "
+            "`miso-bench data synth` or write it by hand, see datasets/README.md)",
+        )
+    return candidate
+
+
+def load_manifest(path: str | Path) -> DatasetManifest:
+    """Read and validate a dataset manifest.
+
+    Args:
+        path: a dataset folder (containing ``dataset.yaml``) or the manifest file itself.
+
+    Raises:
+        ManifestError: naming the file, the field and the fix.
+    """
+    file = find_manifest(path)
+    r = _Reader(file)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise r.fail(
+            "(file)", f"cannot be parsed as YAML: {exc}".replace("\n", " "), "fix the YAML syntax"
+        ) from exc
+    top = r.mapping(raw, "(top level)")
+    r.keys(
+        top,
+        "",
+        {"name", "crs", "res_m", "modalities", "pedons"},
+        {"description", "root", "regions", "truth", "source"},
+    )
+    res_m = r.number(top["res_m"], "res_m", positive=True)
+    crs = r.string(top["crs"], "crs")
+    try:
+        from pyproj import CRS
+
+        CRS.from_user_input(crs)
+    except Exception as exc:  # pyproj raises several types for an unknown CRS
+        raise r.fail("crs", f"unknown CRS {crs!r}", "write an EPSG code such as EPSG:3338") from exc
+    root = (file.parent / str(top.get("root", "."))).resolve()
+
+    modalities: dict[str, ModalitySpec] = {}
+    mods = r.mapping(top["modalities"], "modalities")
+    if not mods:
+        raise r.fail("modalities", "no modality listed", "describe at least one raster modality")
+    for name, value in mods.items():
+        fld = f"modalities.{name}"
+        m = r.mapping(value, fld)
+        r.keys(m, fld, {"folder", "bands"}, {"glob", "nodata", "dtype", "res_m", "categorical"})
+        bands = r.str_list(m["bands"], f"{fld}.bands")
+        dtype = str(m.get("dtype", "float32"))
+        if dtype not in _DTYPES:
+            raise r.fail(
+                f"{fld}.dtype", f"unknown dtype {dtype!r}", f"use one of {', '.join(_DTYPES)}"
+            )
+        nodata = m.get("nodata")
+        if nodata is not None:
+            nodata = r.number(nodata, f"{fld}.nodata")
+        categorical = (
+            r.str_list(m["categorical"], f"{fld}.categorical") if m.get("categorical") else ()
+        )
+        unknown = [b for b in categorical if b not in bands]
+        if unknown:
+            raise r.fail(
+                f"{fld}.categorical",
+                f"{unknown} are not in bands",
+                "list only band names from `bands`",
+            )
+        modalities[str(name)] = ModalitySpec(
+            name=str(name),
+            folder=r.string(m["folder"], f"{fld}.folder"),
+            glob=str(m.get("glob", "*.tif")),
+            bands=bands,
+            nodata=nodata,
+            dtype=dtype,
+            res_m=r.number(m.get("res_m", res_m), f"{fld}.res_m", positive=True),
+            categorical=categorical,
+        )
+    all_bands = [b for spec in modalities.values() for b in spec.bands]
+    dupes = sorted({b for b in all_bands if all_bands.count(b) > 1})
+    if dupes:
+        raise r.fail(
+            "modalities",
+            f"band names {dupes} appear in more than one modality",
+            "give every band a unique name",
+        )
+
+    ped = r.mapping(top["pedons"], "pedons")
+    r.keys(ped, "pedons", {"file", "id_column", "labels"}, {"layer", "x_column", "y_column", "crs"})
+    labels: dict[str, LabelSpec] = {}
+    for lname, lvalue in r.mapping(ped["labels"], "pedons.labels").items():
+        fld = f"pedons.labels.{lname}"
+        lab = r.mapping(lvalue, fld)
+        r.keys(lab, fld, {"column", "classes"}, set())
+        classes = lab["classes"]
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise r.fail(
+                f"{fld}.classes",
+                "expected a list of at least two classes",
+                "list every class value, e.g. [0, 1]",
+            )
+        labels[str(lname)] = LabelSpec(
+            str(lname), r.string(lab["column"], f"{fld}.column"), tuple(classes)
+        )
+    if not labels:
+        raise r.fail("pedons.labels", "no label listed", "describe at least one label column")
+    has_x, has_y = "x_column" in ped, "y_column" in ped
+    if has_x != has_y:
+        raise r.fail(
+            "pedons.x_column" if has_y else "pedons.y_column",
+            "missing",
+            "give both x_column and y_column, or neither for files with geometry",
+        )
+    pedons = PedonSpec(
+        file=r.string(ped["file"], "pedons.file"),
+        id_column=r.string(ped["id_column"], "pedons.id_column"),
+        labels=labels,
+        layer=ped.get("layer"),
+        x_column=ped.get("x_column"),
+        y_column=ped.get("y_column"),
+        crs=ped.get("crs"),
+    )
+
+    regions: dict[str, RegionSpec] = {}
+    for rname, rvalue in r.mapping(top.get("regions") or {}, "regions").items():
+        fld = f"regions.{rname}"
+        reg = r.mapping(rvalue, fld)
+        r.keys(reg, fld, {"file", "field"}, set())
+        regions[str(rname)] = RegionSpec(
+            str(rname), r.string(reg["file"], f"{fld}.file"), r.string(reg["field"], f"{fld}.field")
+        )
+    truth_file = None
+    if top.get("truth") is not None:
+        truth = r.mapping(top["truth"], "truth")
+        r.keys(truth, "truth", {"file"}, set())
+        truth_file = r.string(truth["file"], "truth.file")
+    source = dict(r.mapping(top.get("source") or {}, "source"))
+    return DatasetManifest(
+        path=file,
+        root=root,
+        name=r.string(top["name"], "name"),
+        crs=crs,
+        res_m=res_m,
+        modalities=modalities,
+        pedons=pedons,
+        regions=regions,
+        truth_file=truth_file,
+        source=source,
+        description=str(top.get("description", "")),
+    )

@@ -1,0 +1,251 @@
+"""Pedon (field observation) points as a torchgeo point dataset, with task-aware filtering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import torch
+from torchgeo.datasets import GeoDataset
+
+from ..errors import DatasetError
+from .manifest import DatasetManifest, LabelSpec
+
+__all__ = ["LabelFilterReport", "PedonDataset", "read_pedon_table"]
+
+_VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
+
+
+def read_pedon_table(manifest: DatasetManifest) -> gpd.GeoDataFrame:
+    """Read the pedon file of a manifest as a GeoDataFrame in the manifest's CRS.
+
+    Supports GeoPackage, GeoJSON, Shapefile and FlatGeobuf (geometry column) as well as CSV and
+    Parquet (``x_column``/``y_column`` in ``pedons.crs`` or the dataset CRS; GeoParquet with a
+    geometry column works too).
+
+    Raises:
+        DatasetError: the file is missing or unreadable, or a named column is absent.
+    """
+    spec = manifest.pedons
+    path = manifest.resolve(spec.file)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: pedon file not found (fix: check pedons.file in {manifest.path})"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _VECTOR_SUFFIXES:
+            gdf = gpd.read_file(path, layer=spec.layer) if spec.layer else gpd.read_file(path)
+        elif suffix == ".parquet":
+            try:
+                gdf = gpd.read_parquet(path)
+            except (ValueError, KeyError):
+                gdf = pd.read_parquet(path)
+        elif suffix in {".csv", ".txt"}:
+            gdf = pd.read_csv(path)
+        else:
+            raise DatasetError(
+                f"{path}: unsupported pedon file type `{suffix}` (fix: use "
+                ".gpkg, .geojson, .csv or .parquet)"
+            )
+    except DatasetError:
+        raise
+    except Exception as exc:  # the vector/tabular readers raise many types for broken files
+        raise DatasetError(
+            f"{path}: cannot read pedon file: {exc} (fix: re-export it as GeoPackage or CSV)"
+        ) from exc
+
+    if spec.x_column and spec.y_column:
+        for col, key in ((spec.x_column, "x_column"), (spec.y_column, "y_column")):
+            if col not in gdf.columns:
+                raise DatasetError(
+                    f"{path}: pedons.{key}: column `{col}` not found (fix: use "
+                    f"one of {list(gdf.columns)[:20]})"
+                )
+        frame = pd.DataFrame(gdf.drop(columns="geometry", errors="ignore"))
+        gdf = gpd.GeoDataFrame(
+            frame,
+            geometry=gpd.points_from_xy(frame[spec.x_column], frame[spec.y_column]),
+            crs=spec.crs or manifest.crs,
+        )
+    elif not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
+        raise DatasetError(
+            f"{path}: the pedon file has no geometry (fix: set pedons.x_column "
+            f"and pedons.y_column in {manifest.path})"
+        )
+    if gdf.crs is None:
+        gdf = gdf.set_crs(spec.crs or manifest.crs)
+    if spec.id_column not in gdf.columns:
+        raise DatasetError(
+            f"{path}: pedons.id_column: column `{spec.id_column}` not found "
+            f"(fix: use one of {list(gdf.columns)[:20]})"
+        )
+    for lab in spec.labels.values():
+        if lab.column not in gdf.columns:
+            raise DatasetError(
+                f"{path}: pedons.labels.{lab.name}.column: column `{lab.column}` "
+                f"not found (fix: use one of {list(gdf.columns)[:20]})"
+            )
+    gdf = gdf.to_crs(manifest.crs)
+    return gdf
+
+
+def _normalise_label(value: Any) -> Any:
+    """Make file values comparable with manifest classes (1.0 -> 1, ' Gelisols' -> 'Gelisols')."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return None
+        if float(value).is_integer():
+            return int(value)
+        return float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        return stripped or None
+    return value
+
+
+@dataclass(frozen=True)
+class LabelFilterReport:
+    """What task-aware filtering kept and dropped.
+
+    Attributes:
+        label: label name.
+        n_total: pedons in the file.
+        n_missing: pedons without a value.
+        n_unknown: pedons whose value is not in the class list.
+        unknown_values: the distinct unknown values with their counts.
+        n_kept: pedons with a valid label.
+        class_counts: kept pedons per class, in class order.
+    """
+
+    label: str
+    n_total: int
+    n_missing: int
+    n_unknown: int
+    unknown_values: dict[Any, int]
+    n_kept: int
+    class_counts: dict[Any, int]
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        text = (
+            f"{self.label}: kept {self.n_kept:,} of {self.n_total:,} pedons "
+            f"({self.n_missing:,} missing"
+        )
+        if self.n_unknown:
+            text += f", {self.n_unknown:,} with unknown values {self.unknown_values}"
+        return text + ")"
+
+
+class PedonDataset(GeoDataset):
+    """Pedon sites as a torchgeo point dataset (the pattern of :class:`torchgeo.datasets.GBIF`).
+
+    Indexing with a spatial slice returns the pedons inside it; :attr:`table` holds every
+    pedon with its id, coordinates (in the dataset CRS) and raw label columns, and
+    :meth:`labelled` gives the pedons that carry a valid value for one label.
+
+    Args:
+        manifest: the dataset manifest.
+        table: an already-read pedon table (defaults to reading the manifest's file).
+    """
+
+    def __init__(self, manifest: DatasetManifest, table: gpd.GeoDataFrame | None = None) -> None:
+        super().__init__()
+        self.manifest = manifest
+        self.paths = str(manifest.resolve(manifest.pedons.file))
+        raw = read_pedon_table(manifest) if table is None else table
+        spec = manifest.pedons
+        xy = raw.geometry.get_coordinates()
+        frame = pd.DataFrame(
+            {
+                "id": raw[spec.id_column].to_numpy(),
+                "x": xy["x"].to_numpy(dtype=np.float64),
+                "y": xy["y"].to_numpy(dtype=np.float64),
+            }
+        )
+        for lab in spec.labels.values():
+            frame[lab.name] = [_normalise_label(v) for v in raw[lab.column].tolist()]
+        self.table = gpd.GeoDataFrame(
+            frame, geometry=gpd.points_from_xy(frame["x"], frame["y"]), crs=manifest.crs
+        )
+        interval = pd.Interval(pd.Timestamp.min, pd.Timestamp.max, closed="both")
+        self.index = gpd.GeoDataFrame(
+            {"row": np.arange(len(frame))},
+            index=pd.IntervalIndex([interval] * len(frame), name="datetime"),
+            geometry=self.table.geometry.to_numpy(),
+            crs=manifest.crs,
+        )
+        self._res = (manifest.res_m, manifest.res_m)
+
+    def __len__(self) -> int:
+        """Number of pedons."""
+        return len(self.table)
+
+    def __getitem__(self, index: Any) -> dict[str, Any]:
+        """Pedons inside a ``[xmin:xmax, ymin:ymax]`` slice: ids, coordinates and row numbers.
+
+        Raises:
+            IndexError: no pedon lies inside the slice.
+        """
+        x, y, _ = self._disambiguate_slice(index)
+        hits = self.index.cx[x.start : x.stop, y.start : y.stop]
+        if hits.empty:
+            raise IndexError(f"no pedon inside {index}")
+        rows = hits["row"].to_numpy()
+        sub = self.table.iloc[rows]
+        return {
+            "rows": torch.as_tensor(rows),
+            "ids": sub["id"].tolist(),
+            "keypoints": torch.tensor(sub[["x", "y"]].to_numpy(), dtype=torch.float64),
+            "bounds": self._slice_to_tensor(index),
+        }
+
+    def label_spec(self, label: str) -> LabelSpec:
+        """The manifest's spec of a label; unknown names list the available ones."""
+        labels = self.manifest.pedons.labels
+        if label not in labels:
+            raise DatasetError(
+                f"{self.manifest.path}: pedons.labels: no label `{label}` "
+                f"(fix: use one of {sorted(labels)})"
+            )
+        return labels[label]
+
+    def labelled(self, label: str) -> tuple[gpd.GeoDataFrame, LabelFilterReport]:
+        """Pedons with a valid value for ``label``, with a class-index column ``target``.
+
+        Missing values and values outside the manifest's class list are dropped and counted.
+        """
+        spec = self.label_spec(label)
+        classes = [_normalise_label(c) for c in spec.classes]
+        lookup = {c: i for i, c in enumerate(classes)}
+        values = self.table[label]
+        missing = values.isna().to_numpy()
+        known = values.map(lambda v: v in lookup).to_numpy(dtype=bool)
+        unknown = ~missing & ~known
+        unknown_values = values[unknown].value_counts().to_dict()
+        kept = self.table.loc[known].copy()
+        kept["target"] = kept[label].map(lookup).astype(np.int64)
+        counts = np.bincount(kept["target"].to_numpy(), minlength=len(classes))
+        report = LabelFilterReport(
+            label=label,
+            n_total=len(values),
+            n_missing=int(missing.sum()),
+            n_unknown=int(unknown.sum()),
+            unknown_values={k: int(v) for k, v in unknown_values.items()},
+            n_kept=len(kept),
+            class_counts={c: int(n) for c, n in zip(spec.classes, counts, strict=True)},
+        )
+        return kept, report
+
+    @property
+    def path(self) -> Path:
+        """The pedon file."""
+        return Path(str(self.paths))

@@ -1,0 +1,90 @@
+"""Region layers (permafrost zones, MLRAs) and point-to-region assignment for reporting."""
+
+from __future__ import annotations
+
+import re
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from ..errors import DatasetError
+from .manifest import DatasetManifest, RegionSpec
+
+__all__ = ["OUTSIDE", "RegionLayer", "assign_regions", "load_regions", "slugify"]
+
+#: Region name given to points that fall in no polygon of a layer.
+OUTSIDE = "outside"
+
+
+def slugify(name: str) -> str:
+    """Lower snake-case key for metric names.
+
+    ``Yukon-Kuskokwim Delta`` becomes ``yukon_kuskokwim_delta``.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "unnamed"
+
+
+class RegionLayer:
+    """One polygon layer whose attribute ``field`` names the region of each polygon.
+
+    Args:
+        manifest: the dataset manifest.
+        spec: the region layer's manifest entry.
+    """
+
+    def __init__(self, manifest: DatasetManifest, spec: RegionSpec) -> None:
+        self.spec = spec
+        path = manifest.resolve(spec.file)
+        if not path.is_file():
+            raise DatasetError(
+                f"{path}: region layer `{spec.name}` not found (fix: check "
+                f"regions.{spec.name}.file in {manifest.path})"
+            )
+        try:
+            gdf = gpd.read_file(path)
+        except Exception as exc:  # vector readers raise many types for broken files
+            raise DatasetError(f"{path}: cannot read region layer: {exc}") from exc
+        if spec.field not in gdf.columns:
+            raise DatasetError(
+                f"{path}: regions.{spec.name}.field: column `{spec.field}` not "
+                f"found (fix: use one of {list(gdf.columns)})"
+            )
+        if gdf.crs is None:
+            gdf = gdf.set_crs(manifest.crs)
+        self.polygons = gdf[[spec.field, "geometry"]].to_crs(manifest.crs)
+        self.polygons[spec.field] = self.polygons[spec.field].astype(str)
+
+    @property
+    def name(self) -> str:
+        """Layer key (``pf_zone``, ``mlra``)."""
+        return self.spec.name
+
+    @property
+    def regions(self) -> list[str]:
+        """Distinct region names, sorted."""
+        return sorted(self.polygons[self.spec.field].unique())
+
+    def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Region name of each point (``"outside"`` when in no polygon; first match wins)."""
+        points = gpd.GeoDataFrame(geometry=gpd.points_from_xy(x, y), crs=self.polygons.crs)
+        joined = gpd.sjoin(points, self.polygons, how="left", predicate="within")
+        joined = joined[~joined.index.duplicated(keep="first")]
+        names = joined[self.spec.field].reindex(range(len(points)))
+        return names.fillna(OUTSIDE).to_numpy(dtype=object)
+
+
+def load_regions(manifest: DatasetManifest) -> dict[str, RegionLayer]:
+    """All region layers of a manifest, by name."""
+    return {name: RegionLayer(manifest, spec) for name, spec in manifest.regions.items()}
+
+
+def assign_regions(
+    manifest: DatasetManifest,
+    x: np.ndarray,
+    y: np.ndarray,
+    layers: dict[str, RegionLayer] | None = None,
+) -> pd.DataFrame:
+    """A frame with one column per region layer giving each point's region."""
+    layers = load_regions(manifest) if layers is None else layers
+    return pd.DataFrame({name: layer.assign(x, y) for name, layer in layers.items()})

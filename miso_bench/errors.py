@@ -1,0 +1,28 @@
+"""Exceptions that carry a message meant for the user (the CLI prints them without a traceback)."""
+
+from __future__ import annotations
+
+__all__ = ["DatasetError", "ManifestError", "MisoBenchError"]
+
+
+class MisoBenchError(Exception):
+    """Base class of errors caused by user input: bad files, configs, names or values."""
+
+
+class ManifestError(MisoBenchError):
+    """A dataset manifest (``dataset.yaml``) is missing, unreadable or invalid.
+
+    Args:
+        file: the manifest path.
+        field: dotted path of the offending field (``modalities.sentinel2.bands``).
+        problem: what is wrong.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, file: str, field: str, problem: str, fix: str) -> None:
+        self.file, self.field, self.problem, self.fix = file, field, problem, fix
+        super().__init__(f"{file}: {field}: {problem} (fix: {fix})")
+
+
+class DatasetError(MisoBenchError):
+    """A dataset file is missing or does not match its manifest."""
