@@ -93,7 +93,8 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                 )
                 continue
             with src:
-                if src.count != len(spec.bands):
+                good = src.count == len(spec.bands)
+                if not good:
                     out.append(
                         Problem(
                             str(path),
@@ -156,7 +157,8 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                         )
                     )
                 origin = (src.transform.c % rx, src.transform.f % ry, rx)
-                readable[name].append((path, src.transform))
+                if good:
+                    readable[name].append((path, src.transform))
                 if np.isclose(rx, m.res_m):
                     key = "grid"
                     if key in origins and not np.allclose(origins[key][:2], origin[:2]):
@@ -244,7 +246,9 @@ def _check_pedons(
                     continue  # already reported as a CRS problem
                 on_any |= (x >= b.left) & (x < b.right) & (y > b.bottom) & (y <= b.top)
         outside_all &= ~on_any
-        values = extract_point_features(m, x[on_any], y[on_any], modalities=[name])
+        values = extract_point_features(
+            m, x[on_any], y[on_any], modalities=[name], files={name: [p for p, _ in files]}
+        )
         nod = values.isna().all(axis=1).to_numpy()
         if nod.any():
             bad = ok_ids[on_any][nod]

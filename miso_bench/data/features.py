@@ -9,7 +9,8 @@ numpy indexing. With ``window_px=1`` the result equals rasterio's ``DatasetReade
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio.windows import Window
 
+from ..errors import DatasetError
 from .manifest import DatasetManifest
 
 __all__ = ["extract_point_features"]
@@ -29,6 +31,7 @@ def _file_values(
     points_crs: str,
     window_px: int,
     nodata: float | None,
+    n_bands: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values of every band at the points that fall on one file.
 
@@ -36,13 +39,27 @@ def _file_values(
         indices of the points on the file and their values ``(n_on_file, bands)`` (NaN where
         no-data or, for windows, where no pixel of the window is valid).
     """
-    with rasterio.open(path) as src:
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioError as exc:
+        raise DatasetError(
+            f"{path}: unreadable raster: {exc} (fix: re-export it as GeoTIFF; "
+            "`miso-bench data check` lists every problem)"
+        ) from exc
+    with src:
+        if src.count != n_bands:
+            raise DatasetError(
+                f"{path}: file has {src.count} bands, the manifest lists "
+                f"{n_bands} (fix: list one band name per band)"
+            )
         if src.crs is not None and src.crs.to_string() != points_crs:
             fx, fy = Transformer.from_crs(points_crs, src.crs, always_xy=True).transform(x, y)
         else:
             fx, fy = x, y
         inv = ~src.transform
-        cols_f, rows_f = inv * (np.asarray(fx), np.asarray(fy))
+        fx, fy = np.asarray(fx), np.asarray(fy)
+        cols_f = inv.a * fx + inv.b * fy + inv.c
+        rows_f = inv.d * fx + inv.e * fy + inv.f
         cols = np.floor(cols_f).astype(np.int64)
         rows = np.floor(rows_f).astype(np.int64)
         on = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
@@ -83,6 +100,7 @@ def extract_point_features(
     y: np.ndarray,
     modalities: Sequence[str] | None = None,
     window_px: int = 1,
+    files: Mapping[str, Sequence[Path]] | None = None,
 ) -> pd.DataFrame:
     """Band values of every modality at the points ``(x, y)`` (in the manifest's CRS).
 
@@ -92,6 +110,7 @@ def extract_point_features(
         modalities: modalities to read (default: all).
         window_px: 1 for the pixel under the point, or an odd ``k`` for the mean of the valid
             pixels in the ``k x k`` window around it.
+        files: the files to read per modality (default: the manifest's glob).
 
     Returns:
         One row per point, one column per band (manifest band names); NaN where the point is
@@ -106,8 +125,11 @@ def extract_point_features(
         spec = manifest.modalities[name]
         values = np.full((x.size, len(spec.bands)), np.nan)
         filled = np.zeros(x.size, dtype=bool)
-        for path in manifest.modality_files(name):
-            idx, vals = _file_values(str(path), x, y, manifest.crs, window_px, spec.nodata)
+        paths = files[name] if files is not None else manifest.modality_files(name)
+        for path in paths:
+            idx, vals = _file_values(
+                str(path), x, y, manifest.crs, window_px, spec.nodata, len(spec.bands)
+            )
             if idx.size == 0:
                 continue
             # First file wins where tiles overlap, as in a mosaic.

@@ -11,6 +11,7 @@ import rasterio
 from scipy.spatial import cKDTree
 
 from .manifest import DatasetManifest
+from .normalization import compute_band_stats
 from .pedons import PedonDataset
 from .regions import load_regions
 
@@ -87,6 +88,17 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
             "pixels": pixels,
             "categorical": list(spec.categorical),
         }
+    stats = compute_band_stats(manifest)
+    out["bands"] = {}
+    for band, st in stats.items():
+        inv = np.sinh if st.transform == "asinh" else (lambda v: v)
+        out["bands"][band] = {
+            "p02": float(inv(st.p02)),
+            "p50": float(inv(st.p50)),
+            "p98": float(inv(st.p98)),
+            "transform": st.transform,
+            "categorical": st.categorical,
+        }
     pedons = PedonDataset(manifest)
     layers = load_regions(manifest)
     table = pedons.table
@@ -138,7 +150,17 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{mod['dtype']:<8} nodata={mod['nodata']}  {mod['pixels']:,} px at "
             f"{mod['res_m']:g} m  extent [{e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f}, {e[3]:.0f}]"
         )
-        lines.append(f"             bands: {', '.join(mod['bands'])}")
+        for band in mod["bands"]:
+            b = s["bands"][band]
+            kind = (
+                "codes"
+                if b["categorical"]
+                else ("asinh-scaled" if b["transform"] == "asinh" else "")
+            )
+            lines.append(
+                f"    {band:<24} p2 {b['p02']:>11.4g}  median {b['p50']:>11.4g}  "
+                f"p98 {b['p98']:>11.4g}  {kind}".rstrip()
+            )
     p = s["pedons"]
     lines.append(f"Pedons: {p['n']:,} sites in {p['file']}")
     for label, t in p["tasks"].items():

@@ -239,13 +239,12 @@ class _Reader:
                     "unknown key",
                     f"remove it or rename it; {hint}",
                 )
-        for key in sorted(required):
-            if key not in value:
-                raise self.fail(
-                    f"{fld}.{key}" if fld else key,
-                    "missing",
-                    "add it (see datasets/README.md for the manifest format)",
-                )
+        missing = sorted(k for k in required if k not in value)
+        if missing:
+            names = ", ".join(f"{fld}.{k}" if fld else k for k in missing)
+            raise self.fail(
+                names, "missing", "add it (see datasets/README.md for the manifest format)"
+            )
 
     def string(self, value: Any, fld: str) -> str:
         if not isinstance(value, str) or not value:

@@ -202,7 +202,7 @@ class PedonDataset(GeoDataset):
         rows = hits["row"].to_numpy()
         sub = self.table.iloc[rows]
         return {
-            "rows": torch.as_tensor(rows),
+            "rows": torch.tensor(rows, dtype=torch.long),
             "ids": sub["id"].tolist(),
             "keypoints": torch.tensor(sub[["x", "y"]].to_numpy(), dtype=torch.float64),
             "bounds": self._slice_to_tensor(index),

@@ -18,6 +18,7 @@ parallel processes with identical results.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import zlib
@@ -333,7 +334,9 @@ def generate_synthetic_alaska(
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     results: list[_SiteResult] = []
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             for res in pool.map(_build_site, jobs):
                 results.append(res)
                 if progress:

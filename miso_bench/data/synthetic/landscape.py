@@ -141,7 +141,10 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     valley = np.exp(-((river_dist_px * res_m / (400.0 * max(scale, 0.5))) ** 2))
     relief_field = 0.8 * macro + 0.35 * tilt - 0.45 * valley
     relief_field = (relief_field - relief_field.min()) / (np.ptp(relief_field) + 1e-12)
-    dem = site.base_elev_m + site.relief_m * relief_field
+    # Relief is quoted for a 512 px (5.12 km) window; fractal relief grows with extent roughly
+    # as size**H (Hurst exponent ~0.8), which keeps slopes comparable across presets.
+    relief_m = site.relief_m * scale**0.8
+    dem = site.base_elev_m + relief_m * relief_field
     # Micro-relief (hummocks, polygon rims): a few decimetres, fractal.
     dem = dem + 0.25 * fractal_surface(rng, n, beta=2.4)
     routing_dem = ndi.gaussian_filter(dem, sigma=3.0)
@@ -193,7 +196,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
         & (twi_z < 0.0)
         & (u_moll > 0.3)
     )
-    floodplain = (river_dist_px * res_m < 200.0) & (dz < site.relief_m * 0.5 + 5)
+    floodplain = (river_dist_px * res_m < 200.0) & (dz < relief_m * 0.5 + 5)
     young = (slope > 30 + 4 * u_young) | floodplain
     # The Soil Taxonomy key: the first order whose condition holds wins (assigning in reverse
     # lets earlier orders overwrite later ones). "Young" soils without a cambic horizon key out

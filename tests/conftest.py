@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic Alaska generated once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from miso_bench.data.manifest import DatasetManifest, load_manifest
+from miso_bench.data.synthetic import generate_synthetic_alaska
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset (read-only by convention: copy it before changing files)."""
+    out = tmp_path_factory.mktemp("synthetic") / "tiny"
+    generate_synthetic_alaska(out, preset="tiny", seed=0, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir: Path) -> DatasetManifest:
+    """The manifest of the tiny synthetic dataset."""
+    return load_manifest(tiny_dir)
+
+
+@pytest.fixture
+def tiny_copy(tiny_dir: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny dataset."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, dst)
+    return dst
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated MISO_BENCH_HOME."""
+    monkeypatch.setenv("MISO_BENCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def eberg_dir() -> Path:
+    """The eberg manifest folder, or skip when ../shared/realdata is absent."""
+    if not (REALDATA / "eberg" / "eberg_points.gpkg").is_file():
+        pytest.skip(
+            f"real data not found at {REALDATA / 'eberg'} (it ships beside the repo in "
+            "shared/realdata)"
+        )
+    return REPO / "datasets" / "eberg"

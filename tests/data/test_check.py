@@ -1,0 +1,151 @@
+"""`data check`: every failure case is reported as one line naming file, field and fix."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+from miso_bench.cli import main
+from miso_bench.data.check import check_dataset
+
+
+def rewrite(path: Path, change: Callable[[np.ndarray, dict], tuple[np.ndarray, dict]]) -> None:
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile.copy()
+    data, profile = change(data, profile)
+    profile["count"] = data.shape[0]
+    path.unlink()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def edit_pedons(root: Path, change: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]) -> None:
+    gdf = gpd.read_file(root / "pedons.gpkg")
+    change(gdf).to_file(root / "pedons.gpkg", driver="GPKG", layer="pedons")
+
+
+def first(root: Path, modality: str) -> Path:
+    return sorted((root / modality).glob("*.tif"))[0]
+
+
+def cloud_point(root: Path) -> tuple[float, float]:
+    for path in sorted((root / "sentinel2").glob("*.tif")):
+        with rasterio.open(path) as src:
+            a = src.read(1)
+            rows, cols = np.nonzero(a == src.nodata)
+            if rows.size:
+                return src.xy(rows[0], cols[0])
+    raise AssertionError("no cloud in tiny dataset")
+
+
+def move_first_to(xy: tuple[float, float]) -> Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame]:
+    def change(g: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        geoms = g.geometry.copy()
+        geoms.iloc[0] = gpd.points_from_xy([xy[0]], [xy[1]])[0]
+        return g.set_geometry(geoms)
+
+    return change
+
+
+def _missing_files(root: Path) -> None:
+    for f in (root / "climate").glob("*.tif"):
+        f.unlink()
+
+
+def _crs(root: Path) -> None:
+    rewrite(first(root, "terrain"), lambda d, p: (d, {**p, "crs": "EPSG:32606"}))
+
+
+def _res(root: Path) -> None:
+    def change(d, p):
+        t = p["transform"]
+        return d, {**p, "transform": Affine(20.0, 0, t.c, 0, -20.0, t.f)}
+
+    rewrite(first(root, "climate"), change)
+
+
+def _bands(root: Path) -> None:
+    rewrite(first(root, "terrain"), lambda d, p: (d[:6], p))
+
+
+def _outside(root: Path) -> None:
+    edit_pedons(root, move_first_to((0.0, 0.0)))
+
+
+def _nodata(root: Path) -> None:
+    edit_pedons(root, move_first_to(cloud_point(root)))
+
+
+def _unknown(root: Path) -> None:
+    def change(g):
+        g.loc[g.index[:3], "tax_order"] = "Alfisols"
+        return g
+
+    edit_pedons(root, change)
+
+
+def _dupes(root: Path) -> None:
+    def change(g):
+        g.loc[g.index[1], "id"] = g["id"].iloc[0]
+        return g
+
+    edit_pedons(root, change)
+
+
+def _unreadable(root: Path) -> None:
+    first(root, "sentinel2").write_bytes(b"this is not a GeoTIFF")
+
+
+def _grid(root: Path) -> None:
+    def change(d, p):
+        t = p["transform"]
+        return d, {**p, "transform": Affine(10.0, 0, t.c + 5.0, 0, -10.0, t.f)}
+
+    rewrite(first(root, "climate"), change)
+
+
+CASES = {
+    "missing files": (_missing_files, "climate", "no file matches"),
+    "crs mismatch": (_crs, "terrain", "differs from the dataset CRS"),
+    "resolution mismatch": (_res, "climate", "resolution 20 x 20"),
+    "wrong band count": (_bands, "terrain", "6 bands"),
+    "outside all rasters": (_outside, "pedons.gpkg", "outside all rasters"),
+    "on no-data": (_nodata, "pedons.gpkg", "no-data pixels of `sentinel2`"),
+    "unknown class labels": (_unknown, "pedons.gpkg", "Alfisols"),
+    "duplicate ids": (_dupes, "pedons.gpkg", "duplicate ids"),
+    "unreadable file": (_unreadable, "sentinel2", "unreadable raster"),
+    "misaligned grid": (_grid, "climate", "not aligned"),
+}
+
+
+def test_clean_dataset_has_no_problem(tiny_dir, capsys):
+    assert check_dataset(tiny_dir) == []
+    assert main(["data", "check", str(tiny_dir)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_failure_is_reported(tiny_copy, capsys, case):
+    breaker, file_part, text = CASES[case]
+    breaker(tiny_copy)
+    problems = check_dataset(tiny_copy)
+    assert any(file_part in p.file and text in p.problem for p in problems), problems
+    assert all(p.fix for p in problems)
+    code = main(["data", "check", str(tiny_copy)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in out + err
+    lines = [line for line in out.splitlines() if text in line]
+    assert lines and all("(fix: " in line for line in lines)
+
+
+def test_broken_manifest_is_one_problem(tiny_copy, capsys):
+    (tiny_copy / "dataset.yaml").write_text("name: x\ncrs: EPSG:3338\n")
+    problems = check_dataset(tiny_copy)
+    assert len(problems) == 1 and "res_m" in problems[0].field
+    assert main(["data", "check", str(tiny_copy)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
