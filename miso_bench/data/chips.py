@@ -248,7 +248,16 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
             chip = self._cache.chip(r0, c0, self.sampler.chip_size_px)
             if chip is not None:
                 return chip, (xs, ys)
-        return self.stack[xs, ys]["image"].numpy(), (xs, ys)
+        try:
+            return self.stack[xs, ys]["image"].numpy(), (xs, ys)
+        except IndexError:  # the chip lies outside every raster: all of it is masked
+            size = self.sampler.chip_size_px
+            return np.broadcast_to(
+                self._fill[:, None, None], (len(self._fill), size, size)
+            ).copy(), (
+                xs,
+                ys,
+            )
 
     def _valid(self, image: np.ndarray, xs: slice, ys: slice) -> np.ndarray:
         nod = self._nodata[:, None, None]

@@ -34,6 +34,8 @@ def test_eberg_loads_through_the_same_classes(eberg):
     # Categorical 100 m codes stay integral codes.
     codes = feats.loc[on_grid, "PRMGEO6"].dropna()
     assert np.allclose(codes, np.round(codes))
+    outside = PedonChipDataset(stack, parts, kept[~on_grid.to_numpy()].iloc[:3], chip_size_px=8)
+    assert not outside[0]["valid"].any()  # off the grids: fully masked, no exception
     inside = kept[on_grid.to_numpy()]
     ds = PedonChipDataset(stack, parts, inside, chip_size_px=8)
     sample = ds[0]

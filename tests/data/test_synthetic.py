@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import rasterio
 
+from miso_bench.data.info import dataset_fingerprint
 from miso_bench.data.manifest import load_manifest
 from miso_bench.data.synthetic import PRESETS, generate_synthetic_alaska
 from miso_bench.data.synthetic.landscape import S2_BANDS, TAX_ORDERS
@@ -71,6 +72,8 @@ def test_same_seed_gives_identical_arrays(tiny_dir, tmp_path):
     pd.testing.assert_frame_equal(
         pd.read_parquet(tiny_dir / "truth.parquet"), pd.read_parquet(again / "truth.parquet")
     )
+    # Byte-identical files, so the dataset fingerprint recorded by runs is reproducible too.
+    assert dataset_fingerprint(load_manifest(tiny_dir)) == dataset_fingerprint(load_manifest(again))
 
 
 def test_another_seed_gives_another_dataset(tiny_dir, tmp_path):

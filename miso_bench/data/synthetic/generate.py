@@ -361,23 +361,31 @@ def generate_synthetic_alaska(
     )
     lon, lat = to_wgs84.transform(pedons["x_3338"].to_numpy(), pedons["y_3338"].to_numpy())
     pedons["lon"], pedons["lat"] = np.round(lon, 6), np.round(lat, 6)
-    gdf = gpd.GeoDataFrame(
-        pedons, geometry=gpd.points_from_xy(pedons["x_3338"], pedons["y_3338"]), crs=CRS
-    )
-    gdf.to_file(tmp / "pedons.gpkg", driver="GPKG", layer="pedons")
+    import pyogrio
 
-    zones = gpd.GeoDataFrame(
-        {"zone": [z for r in results for _, z in r.zones]},
-        geometry=[shape(g) for r in results for g, _ in r.zones],
-        crs=CRS,
-    ).dissolve(by="zone", as_index=False)
-    zones.to_file(tmp / "regions" / "permafrost_zones.gpkg", driver="GPKG")
-    mlra = gpd.GeoDataFrame(
-        {"mlra": [SITES[n].mlra for n in p.sites]},
-        geometry=[box(*r.bounds) for r in results],
-        crs=CRS,
-    ).dissolve(by="mlra", as_index=False)
-    mlra.to_file(tmp / "regions" / "mlra.gpkg", driver="GPKG")
+    # GeoPackages record their write time; pin it so the same seed gives identical bytes
+    # (and so the same dataset fingerprint).
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
+    try:
+        gdf = gpd.GeoDataFrame(
+            pedons, geometry=gpd.points_from_xy(pedons["x_3338"], pedons["y_3338"]), crs=CRS
+        )
+        gdf.to_file(tmp / "pedons.gpkg", driver="GPKG", layer="pedons")
+
+        zones = gpd.GeoDataFrame(
+            {"zone": [z for r in results for _, z in r.zones]},
+            geometry=[shape(g) for r in results for g, _ in r.zones],
+            crs=CRS,
+        ).dissolve(by="zone", as_index=False)
+        zones.to_file(tmp / "regions" / "permafrost_zones.gpkg", driver="GPKG")
+        mlra = gpd.GeoDataFrame(
+            {"mlra": [SITES[n].mlra for n in p.sites]},
+            geometry=[box(*r.bounds) for r in results],
+            crs=CRS,
+        ).dissolve(by="mlra", as_index=False)
+        mlra.to_file(tmp / "regions" / "mlra.gpkg", driver="GPKG")
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
     truth = pd.concat([r.truth for r in results], ignore_index=True)
     truth.to_parquet(tmp / "truth.parquet", index=False)
 
