@@ -62,8 +62,28 @@ def _synth(preset: str, seed: int, out: Path, force: bool) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_dataset_dir(args.preset, args.seed)
+    if out.exists() and not out.is_dir():
+        raise MisoBenchError(f"--out {out} is a file; give a folder")
+    manifest = out / "dataset.yaml"
+    if manifest.is_file() and not args.force:
+        import yaml
+
+        source = (yaml.safe_load(manifest.read_text()) or {}).get("source") or {}
+        if (source.get("preset"), source.get("seed")) != (args.preset, args.seed):
+            raise MisoBenchError(
+                f"{out} already holds preset {source.get('preset')!r} seed "
+                f"{source.get('seed')!r}, not {args.preset!r} seed {args.seed}; choose another "
+                "--out or pass --force to replace it"
+            )
     if (
         out.exists()
         and not (out / "dataset.yaml").is_file()
@@ -103,6 +123,89 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import resolve_config
+    from .runner import format_result, run_benchmark
+
+    flags: dict = {}
+    if args.model:
+        flags.setdefault("model", {})["name"] = args.model
+    if args.cv:
+        flags.setdefault("cv", {})["name"] = args.cv
+    if args.task:
+        flags["task"] = args.task
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if args.data:
+        flags.setdefault("data", {})["path"] = args.data
+    if args.tracking_uri:
+        flags.setdefault("tracking", {})["uri"] = args.tracking_uri
+    config = resolve_config(args.config, flags, args.set or [])
+    _validate_names(config)
+    with tqdm(
+        desc=f"{config['model']['name']} / {config['cv']['name']} / {config['task']}",
+        unit="fold",
+        total=None,
+    ) as bar:
+
+        def progress(message: str, n_folds: int) -> None:
+            bar.total = n_folds
+            bar.set_postfix_str(message)
+            if message != "done":
+                bar.update(1)
+
+        result = run_benchmark(config, progress=progress, announce=tqdm.write)
+    print(format_result(result))
+    return 0
+
+
+def _validate_names(config: dict) -> None:
+    """Fail fast, before any data work, on unknown model or cv names."""
+    from .cv import CV
+    from .models import MODELS
+
+    MODELS.get(config["model"]["name"])
+    CV.get(config["cv"]["name"])
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from .models import MODELS
+
+        for name in MODELS.list():
+            entry = MODELS.get(name)
+            print(f"{name:<22} {entry.description}")
+    elif args.what == "cv":
+        from .cv import CV, CV_DESCRIPTIONS
+
+        for name in CV.list():
+            print(f"{name:<22} {CV_DESCRIPTIONS.get(name, '')}")
+    elif args.what == "tasks":
+        from .evaluation.tasks import TASKS
+
+        for name in TASKS.list():
+            t = TASKS.get(name)
+            print(
+                f"{name:<22} label `{t.label}`, {t.kind}, loss {t.loss}, primary metric "
+                f"{t.primary_metric}"
+            )
+        print("(any label of a dataset's manifest also works as a task)")
+    else:
+        from .evaluation.metrics import METRIC_DESCRIPTIONS
+
+        for name, text in METRIC_DESCRIPTIONS.items():
+            print(f"{name:<22} {text}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from .tracking import serve_ui
+
+    return serve_ui(port=args.port, host=args.host, uri=args.tracking_uri)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``miso-bench`` (kept import-light)."""
     parser = argparse.ArgumentParser(
@@ -138,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(37,252 pedons) [default: %(default)s]",
     )
     synth.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="dataset seed [default: %(default)s]"
+        "--seed",
+        type=_non_negative,
+        default=DEFAULT_SEED,
+        help="dataset seed [default: %(default)s]",
     )
     synth.add_argument(
         "--out",
@@ -174,6 +280,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset folder or dataset.yaml [default: the embedded synthetic dataset]",
     )
     check.set_defaults(func=_cmd_data_check)
+
+    run = sub.add_parser(
+        "run",
+        help="run a benchmark (cross-validated, tracked in MLflow)",
+        description="Run one benchmark: build folds, fit and predict per fold, evaluate "
+        "overall and by region with confidence intervals (and against the truth "
+        "sample on synthetic data), log everything to MLflow. Rerunning an "
+        "interrupted run resumes it.",
+        epilog="examples:\n  miso-bench run --model rf --cv spatial --task tax_order\n"
+        "  miso-bench run --model xgboost --cv knndm --task pf1m --set cv.n_splits=10\n"
+        "  miso-bench run --model rf --data datasets/eberg --task soiltype",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--model", help="model name (miso-bench list models) [default: rf]")
+    run.add_argument("--cv", help="cross-validation scheme (miso-bench list cv) [default: spatial]")
+    run.add_argument("--task", help="task (miso-bench list tasks) [default: tax_order]")
+    run.add_argument("--data", help="dataset folder [default: the embedded synthetic Alaska]")
+    run.add_argument("--config", help="experiment YAML file (see configs/)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set cv.n_splits=3 (repeatable)",
+    )
+    run.add_argument("--seed", type=_non_negative, help="run seed [default: 0]")
+    run.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under $MISO_BENCH_HOME]",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    lister = sub.add_parser(
+        "list",
+        help="list models, cv schemes, tasks or metrics",
+        description="List registry entries.",
+    )
+    lister.add_argument("what", choices=("models", "cv", "tasks", "metrics"))
+    lister.set_defaults(func=_cmd_list)
+
+    ui = sub.add_parser(
+        "ui",
+        help="start the MLflow dashboard on the default store",
+        description="Start `mlflow server` (1 worker, bound to 127.0.0.1) on "
+        "the default tracking store and print its address.",
+    )
+    ui.add_argument("--port", type=int, default=5000, help="[default: %(default)s]")
+    ui.add_argument("--host", default="127.0.0.1", help="[default: %(default)s]")
+    ui.add_argument("--tracking-uri", help="store to show [default: the local SQLite store]")
+    ui.set_defaults(func=_cmd_ui)
     return parser
 
 
@@ -193,7 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"{exc.filename or exc}: file not found")
         return 2
     except KeyboardInterrupt:
-        _err("interrupted; nothing partial was kept (rerun the same command to continue)")
+        _err(
+            "interrupted; no partial result was published (rerun the same command: a "
+            "dataset is regenerated, a run resumes from its finished folds)"
+        )
         return 130
 
 

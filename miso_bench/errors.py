@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = ["DatasetError", "ManifestError", "MisoBenchError"]
 
 
@@ -25,4 +27,15 @@ class ManifestError(MisoBenchError):
 
 
 class DatasetError(MisoBenchError):
-    """A dataset file is missing or does not match its manifest."""
+    """A dataset file is missing, unreadable or does not match its manifest.
+
+    Args:
+        file: the offending file (or folder).
+        field: the manifest field or file column concerned (``pedons.id_column``).
+        problem: what is wrong.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, file: str | os.PathLike[str], field: str, problem: str, fix: str) -> None:
+        self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
+        super().__init__(f"{file}: {field}: {problem} (fix: {fix})")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .errors import MisoBenchError
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "slugify"]
 
 T = TypeVar("T")
 
@@ -50,6 +51,10 @@ class Registry[T]:
 
         return wrap
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (plugins and tests that register temporary entries)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         """The entry called ``name``.
 
@@ -76,3 +81,11 @@ class Registry[T]:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def slugify(name: str) -> str:
+    """Lower snake-case key for metric names and registry keys.
+
+    ``Yukon-Kuskokwim Delta`` becomes ``yukon_kuskokwim_delta``.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "unnamed"

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from miso_bench.cli import main
 
 
@@ -70,3 +72,109 @@ def test_user_mistakes_get_one_line_errors(tmp_path, capsys):
     (tmp_path / "junk" / "file.txt").write_text("x")
     assert main(["data", "synth", "--preset", "tiny", "--out", str(tmp_path / "junk")]) == 2
     assert "not a miso-bench dataset" in capsys.readouterr().err
+
+
+def test_run_in_process_prints_results_by_region(tiny_dir, home, capsys):
+    code = main(
+        [
+            "run",
+            "--model",
+            "rf",
+            "--cv",
+            "spatial",
+            "--task",
+            "tax_order",
+            "--data",
+            str(tiny_dir),
+            "--set",
+            "model.params.n_estimators=20",
+            "--set",
+            "eval.n_boot=50",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "macro_f1" in out and "95% CI" in out and "by mlra" in out and "by pf_zone" in out
+    assert "truth" in out and "MLflow" in out
+    assert (home / "mlflow.db").is_file()
+
+
+def test_list_commands(capsys):
+    for what, expected in (
+        ("models", "coords_only"),
+        ("cv", "knndm"),
+        ("tasks", "pf1m"),
+        ("metrics", "balanced_accuracy"),
+    ):
+        assert main(["list", what]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_run_mistakes_are_one_line_errors(home, capsys, tmp_path):
+    assert main(["run", "--model", "rff"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'rff'" in err and "Did you mean rf" in err and "Traceback" not in err
+    assert main(["run", "--set", "cv.n_split=3"]) == 2
+    assert "did you mean `cv.n_splits`" in capsys.readouterr().err
+    assert main(["run", "--cv", "spatial", "--data", str(tmp_path)]) == 2
+    assert "no dataset manifest found" in capsys.readouterr().err
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("model: {nme: rf}\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    assert "did you mean `model.name`" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ui_serves_the_dashboard_on_localhost(home, tmp_path):
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MISO_BENCH_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miso_bench.cli", "ui", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 90
+        status = None
+        while time.time() < deadline and status is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(1)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_synth_argument_mistakes(tmp_path, capsys):
+    assert main(["data", "synth", "--seed", "-1"]) == 2
+    assert "must be 0 or more" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["data", "synth", "--preset", "tiny", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_synth_refuses_to_mix_presets_in_one_folder(tiny_dir, capsys):
+    assert (
+        main(["data", "synth", "--preset", "default", "--seed", "5", "--out", str(tiny_dir)]) == 2
+    )
+    assert "already holds preset 'tiny' seed 0" in capsys.readouterr().err
+
+
+def test_info_on_a_broken_raster_is_a_one_line_error(tiny_copy, capsys):
+    sorted((tiny_copy / "climate").glob("*.tif"))[0].write_bytes(b"not a tiff")
+    assert main(["data", "info", str(tiny_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable raster" in err and "data check" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ them and exits with code 2 when there is any.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pyproj import CRS as PROJ_CRS
 
 from ..errors import DatasetError, ManifestError
 from .features import extract_point_features
-from .manifest import DatasetManifest, load_manifest
+from .manifest import DatasetManifest, load_manifest, nodata_in_dtype
 from .pedons import PedonDataset
 from .regions import RegionLayer
 
@@ -37,6 +38,11 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.file}: {self.field}: {self.problem} (fix: {self.fix})"
 
+    @classmethod
+    def from_error(cls, exc: DatasetError | ManifestError) -> Problem:
+        """A problem from a structured error."""
+        return cls(exc.file, exc.field, exc.problem, exc.fix)
+
 
 def _examples(values: Sequence[Any], k: int = 5) -> str:
     shown = ", ".join(str(v) for v in list(values)[:k])
@@ -50,14 +56,26 @@ def _same_crs(a: Any, b: str) -> bool:
         return False
 
 
-def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tuple[Path, Any]]]:
-    """Per-file checks; returns the readable files of each modality with their transforms."""
-    readable: dict[str, list[tuple[Path, Any]]] = {}
-    origins: dict[str, tuple[float, float, float]] = {}
+def _offset(value: float, res: float) -> float:
+    """Distance of a coordinate from the nearest multiple of ``res`` (grid alignment)."""
+    r = value % res
+    return min(r, res - r)
+
+
+def _read_all(src: Any) -> None:
+    """Decode every block of every band (raises on corrupt data)."""
+    for _, window in src.block_windows(1):
+        src.read(window=window)
+
+
+def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Path]]:
+    """Per-file checks; returns the usable files of each modality."""
+    usable: dict[str, list[Path]] = {}
+    reference: tuple[float, float] | None = None
     for name, spec in m.modalities.items():
         fld = f"modalities.{name}"
         folder = m.resolve(spec.folder)
-        readable[name] = []
+        usable[name] = []
         if not folder.is_dir():
             out.append(
                 Problem(
@@ -93,8 +111,20 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                 )
                 continue
             with src:
-                good = src.count == len(spec.bands)
-                if not good:
+                good = True
+                try:
+                    _read_all(src)
+                except rasterio.errors.RasterioError as exc:
+                    out.append(
+                        Problem(
+                            str(path),
+                            "(file)",
+                            f"corrupt raster data: {exc}",
+                            "re-export it as GeoTIFF or remove it",
+                        )
+                    )
+                    good = False
+                if src.count != len(spec.bands):
                     out.append(
                         Problem(
                             str(path),
@@ -103,6 +133,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                             "list one name per band in file order",
                         )
                     )
+                    good = False
                 if src.crs is None:
                     out.append(
                         Problem(
@@ -112,6 +143,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                             f"assign {m.crs} (gdal_edit.py -a_srs {m.crs})",
                         )
                     )
+                    good = False
                 elif not _same_crs(src.crs, m.crs):
                     out.append(
                         Problem(
@@ -121,6 +153,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                             f"reproject to {m.crs} (gdalwarp -t_srs {m.crs})",
                         )
                     )
+                    good = False
                 rx, ry = abs(src.transform.a), abs(src.transform.e)
                 if not (np.isclose(rx, spec.res_m) and np.isclose(ry, spec.res_m)):
                     out.append(
@@ -140,138 +173,182 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[tup
                             f"set {fld}.dtype to {src.dtypes[0]}",
                         )
                     )
+                declared = nodata_in_dtype(spec.nodata, src.dtypes[0])
+                stored = nodata_in_dtype(src.nodata, src.dtypes[0])
                 if (
-                    spec.nodata is not None
-                    and src.nodata is not None
-                    and not (
-                        (np.isnan(spec.nodata) and np.isnan(src.nodata))
-                        or spec.nodata == src.nodata
-                    )
+                    declared is not None
+                    and stored is not None
+                    and not ((np.isnan(declared) and np.isnan(stored)) or declared == stored)
                 ):
                     out.append(
                         Problem(
                             str(path),
                             f"{fld}.nodata",
-                            f"file no-data {src.nodata} differs from {spec.nodata}",
-                            f"set {fld}.nodata to {src.nodata} or rewrite the file",
+                            f"file no-data {src.nodata:g} differs from {spec.nodata:g}",
+                            f"set {fld}.nodata to {src.nodata:g} or rewrite the file",
                         )
                     )
-                origin = (src.transform.c % rx, src.transform.f % ry, rx)
-                if good:
-                    readable[name].append((path, src.transform))
                 if np.isclose(rx, m.res_m):
-                    key = "grid"
-                    if key in origins and not np.allclose(origins[key][:2], origin[:2]):
+                    origin = (_offset(src.transform.c, rx), _offset(src.transform.f, ry))
+                    if reference is None:
+                        reference = origin
+                    elif not np.allclose(origin, reference, atol=1e-3 * rx):
                         out.append(
                             Problem(
                                 str(path),
                                 "(grid)",
-                                "pixel edges are not aligned with the other "
-                                f"modalities' grid (offset {origin[0]:g}, "
-                                f"{origin[1]:g} vs {origins[key][0]:g}, "
-                                f"{origins[key][1]:g})",
+                                "pixel edges are not aligned with the other files' "
+                                f"grid (offset {origin[0]:g}, {origin[1]:g} m vs "
+                                f"{reference[0]:g}, {reference[1]:g} m)",
                                 "resample onto the common grid (gdalwarp -tap)",
                             )
                         )
-                    origins.setdefault(key, origin)
-    return readable
+                if good:
+                    usable[name].append(path)
+    return usable
 
 
-def _check_pedons(
-    m: DatasetManifest, readable: dict[str, list[tuple[Path, Any]]], out: list[Problem]
-) -> None:
+def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[Problem]) -> None:
     try:
         pedons = PedonDataset(m)
     except DatasetError as exc:
-        out.append(Problem(str(m.resolve(m.pedons.file)), "pedons", str(exc), "see the message"))
+        out.append(Problem.from_error(exc))
         return
     file = str(pedons.path)
     table = pedons.table
     ids = table["id"]
+    id_field = f"pedons.id_column ({m.pedons.id_column})"
     if ids.isna().any():
         out.append(
             Problem(
-                file,
-                f"pedons.id_column ({m.pedons.id_column})",
-                f"{int(ids.isna().sum())} pedons have no id",
-                "give every row an id",
+                file, id_field, f"{int(ids.isna().sum())} pedons have no id", "give every row an id"
             )
         )
     dupes = ids[ids.duplicated(keep=False) & ids.notna()]
     if len(dupes):
+        examples = _examples(sorted(dupes.unique(), key=str))
         out.append(
             Problem(
                 file,
-                f"pedons.id_column ({m.pedons.id_column})",
-                f"{dupes.nunique()} duplicate ids ({_examples(sorted(dupes.unique(), key=str))})",
+                id_field,
+                f"{dupes.nunique()} duplicate ids ({examples})",
                 "make ids unique (one row per site)",
             )
         )
-    bad_xy = ~np.isfinite(table["x"]) | ~np.isfinite(table["y"])
+    bad_xy = (~np.isfinite(table["x"]) | ~np.isfinite(table["y"])).to_numpy()
     if bad_xy.any():
         out.append(
             Problem(
                 file,
                 "geometry",
-                f"{int(bad_xy.sum())} pedons have no coordinates "
+                f"{int(bad_xy.sum())} pedons have no usable coordinates "
                 f"(ids {_examples(ids[bad_xy].tolist())})",
-                "drop them or add coordinates",
+                "add numeric coordinates (no text, decimal point) or drop the rows",
             )
         )
     for label in m.pedons.labels:
         _, report = pedons.labelled(label)
         if report.n_unknown:
             spec = m.pedons.labels[label]
+            hints = []
+            for value in list(report.unknown_values)[:5]:
+                close = difflib.get_close_matches(str(value), [str(c) for c in spec.classes], n=1)
+                if close:
+                    hints.append(f"{value!r} -> {close[0]!r}?")
+            hint = f" ({'; '.join(hints)})" if hints else ""
             out.append(
                 Problem(
                     file,
                     f"pedons.labels.{label}.classes",
                     f"{report.n_unknown} pedons have values not in the class list: "
-                    f"{report.unknown_values}",
+                    f"{report.unknown_values}{hint}",
                     f"add them to the classes of `{spec.column}` or recode them",
                 )
             )
-    ok = ~bad_xy.to_numpy()
+    ok = ~bad_xy
     x, y = table["x"].to_numpy()[ok], table["y"].to_numpy()[ok]
     ok_ids = ids.to_numpy()[ok]
+    projected = PROJ_CRS.from_user_input(m.crs).is_projected
+    if (
+        projected
+        and m.pedons.crs is None
+        and x.size
+        and np.mean((np.abs(x) <= 180) & (np.abs(y) <= 90)) > 0.9
+    ):
+        out.append(
+            Problem(
+                file,
+                "pedons.crs",
+                f"coordinates look like longitude/latitude but are read in {m.crs}",
+                "add `crs: EPSG:4326` under `pedons:` in the manifest",
+            )
+        )
+        return
     outside_all = np.ones(x.size, dtype=bool)
-    for name, files in readable.items():
+    on_by_modality: dict[str, np.ndarray] = {}
+    for name, files in usable.items():
         if not files:
             continue
         on_any = np.zeros(x.size, dtype=bool)
-        for path, _ in files:
+        for path in files:
             with rasterio.open(path) as src:
                 b = src.bounds
-                if src.crs is not None and not _same_crs(src.crs, m.crs):
-                    continue  # already reported as a CRS problem
-                on_any |= (x >= b.left) & (x < b.right) & (y > b.bottom) & (y <= b.top)
+            on_any |= (x >= b.left) & (x < b.right) & (y > b.bottom) & (y <= b.top)
+        on_by_modality[name] = on_any
         outside_all &= ~on_any
-        values = extract_point_features(
-            m, x[on_any], y[on_any], modalities=[name], files={name: [p for p, _ in files]}
-        )
-        nod = values.isna().all(axis=1).to_numpy()
-        if nod.any():
-            bad = ok_ids[on_any][nod]
+        try:
+            values = extract_point_features(
+                m, x[on_any], y[on_any], modalities=[name], files={name: files}
+            )
+        except DatasetError as exc:
+            out.append(Problem.from_error(exc))
+            continue
+        all_nodata = values.isna().all(axis=1).to_numpy()
+        if all_nodata.any():
+            bad = ok_ids[on_any][all_nodata]
             out.append(
                 Problem(
                     file,
                     f"modalities.{name}",
-                    f"{nod.sum()} pedons lie on no-data pixels of `{name}` "
+                    f"{all_nodata.sum()} pedons lie on no-data pixels of `{name}` "
                     f"(ids {_examples(bad.tolist())})",
                     "fill the gaps or exclude these pedons",
                 )
             )
-    if any(readable.values()) and outside_all.any():
-        bad = ok_ids[outside_all]
-        out.append(
-            Problem(
-                file,
-                "geometry",
-                f"{outside_all.sum()} pedons lie outside all rasters "
-                f"(ids {_examples(bad.tolist())})",
-                "extend the rasters or drop these pedons",
+        partial = values[~all_nodata].isna()
+        for band in partial.columns[partial.any(axis=0).to_numpy()]:
+            n = int(partial[band].sum())
+            out.append(
+                Problem(
+                    file,
+                    f"modalities.{name}.bands ({band})",
+                    f"{n} pedons lie on no-data of band `{band}` only",
+                    "fill the band or leave it out of the model's features",
+                )
             )
-        )
+    if any(usable.values()):
+        for name, on_any in on_by_modality.items():
+            missing = ~on_any & ~outside_all
+            if missing.any():
+                out.append(
+                    Problem(
+                        file,
+                        f"modalities.{name}",
+                        f"{missing.sum()} pedons lie outside the `{name}` rasters "
+                        f"but on others (ids {_examples(ok_ids[missing].tolist())})",
+                        f"add the missing `{name}` tiles",
+                    )
+                )
+        if outside_all.any():
+            out.append(
+                Problem(
+                    file,
+                    "geometry",
+                    f"{outside_all.sum()} pedons lie outside all rasters "
+                    f"(ids {_examples(ok_ids[outside_all].tolist())})",
+                    "extend the rasters or drop these pedons",
+                )
+            )
 
 
 def check_dataset(path: str | Path) -> list[Problem]:
@@ -280,16 +357,14 @@ def check_dataset(path: str | Path) -> list[Problem]:
     try:
         m = load_manifest(path)
     except ManifestError as exc:
-        return [Problem(exc.file, exc.field, exc.problem, exc.fix)]
-    readable = _check_rasters(m, out)
-    _check_pedons(m, readable, out)
-    for name, spec in m.regions.items():
+        return [Problem.from_error(exc)]
+    usable = _check_rasters(m, out)
+    _check_pedons(m, usable, out)
+    for spec in m.regions.values():
         try:
             RegionLayer(m, spec)
         except DatasetError as exc:
-            out.append(
-                Problem(str(m.resolve(spec.file)), f"regions.{name}", str(exc), "see the message")
-            )
+            out.append(Problem.from_error(exc))
     if m.truth_file:
         tpath = m.resolve(m.truth_file)
         try:

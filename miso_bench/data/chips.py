@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import SpatialSampler
 
+from .manifest import nodata_in_dtype
 from .rasters import ManifestRaster
 
 __all__ = ["GridSpec", "PedonChipDataset", "PedonSampler", "grid_of"]
@@ -86,8 +87,11 @@ class PedonSampler(SpatialSampler):
         super().__init__(dataset)
         if chip_size_px < 1:
             raise ValueError(f"chip_size_px must be positive, got {chip_size_px}")
-        if jitter_px < 0 or jitter_px >= chip_size_px // 2 + 1:
-            raise ValueError(f"jitter_px must be in [0, {chip_size_px // 2}], got {jitter_px}")
+        # The pedon's pixel must stay inside the chip: at most (size - 1) // 2 pixels of shift.
+        if jitter_px < 0 or jitter_px > (chip_size_px - 1) // 2:
+            raise ValueError(
+                f"jitter_px must be in [0, {(chip_size_px - 1) // 2}], got {jitter_px}"
+            )
         self.x = np.asarray(x, dtype=np.float64)
         self.y = np.asarray(y, dtype=np.float64)
         self.chip_size_px = int(chip_size_px)
@@ -218,8 +222,9 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
             seed=seed,
         )
         self.band_names = [b for p in self.parts for b in p.bands]
-        nodata = [p.spec.nodata for p in self.parts for _ in p.bands]
-        self._nodata = np.array([np.nan if v is None else v for v in nodata], dtype=np.float64)
+        # No-data as the pixels hold it: float32 files store -3e38 as -3.0000000054977558e38.
+        nodata = [nodata_in_dtype(p.spec.nodata, p.spec.dtype) for p in self.parts for _ in p.bands]
+        self._nodata = np.array([np.nan if v is None else v for v in nodata], dtype=np.float32)
         self._has_nodata = np.array([v is not None for v in nodata])
         # Outside every raster, torchgeo's merge writes the file's no-data value, or 0 when a
         # file has none; the footprint test below masks those pixels either way.

@@ -4,7 +4,8 @@ For every raster file the points that fall on it are located with the file's inv
 transform, the smallest window holding them is read once, and the values are gathered with
 numpy indexing. With ``window_px=1`` the result equals rasterio's ``DatasetReader.sample``
 (no-data becomes NaN); with ``window_px=k`` (odd) it is the mean of the valid pixels of the
-``k x k`` window centred on the point's pixel.
+``k x k`` window centred on the point's pixel (categorical bands keep the centre pixel's
+code: class codes are not averaged).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest
+from .manifest import DatasetManifest, nodata_in_dtype
 
 __all__ = ["extract_point_features"]
 
@@ -32,6 +33,7 @@ def _file_values(
     window_px: int,
     nodata: float | None,
     n_bands: int,
+    categorical: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values of every band at the points that fall on one file.
 
@@ -43,14 +45,18 @@ def _file_values(
         src = rasterio.open(path)
     except rasterio.errors.RasterioError as exc:
         raise DatasetError(
-            f"{path}: unreadable raster: {exc} (fix: re-export it as GeoTIFF; "
-            "`miso-bench data check` lists every problem)"
+            path,
+            "(file)",
+            f"unreadable raster: {exc}",
+            "re-export it as GeoTIFF (`miso-bench data check` lists every problem)",
         ) from exc
     with src:
         if src.count != n_bands:
             raise DatasetError(
-                f"{path}: file has {src.count} bands, the manifest lists "
-                f"{n_bands} (fix: list one band name per band)"
+                path,
+                "bands",
+                f"file has {src.count} bands, the manifest lists {n_bands}",
+                "list one band name per band in file order",
             )
         if src.crs is not None and src.crs.to_string() != points_crs:
             fx, fy = Transformer.from_crs(points_crs, src.crs, always_xy=True).transform(x, y)
@@ -71,13 +77,19 @@ def _file_values(
         r1 = min(int(rows[idx].max()) + half + 1, src.height)
         c0 = max(int(cols[idx].min()) - half, 0)
         c1 = min(int(cols[idx].max()) + half + 1, src.width)
-        block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
-        fill = nodata if nodata is not None else src.nodata
-        if fill is not None:
+        try:
+            block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
+        except rasterio.errors.RasterioError as exc:
+            raise DatasetError(
+                path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
+            ) from exc
+        fill = nodata_in_dtype(nodata if nodata is not None else src.nodata, src.dtypes[0])
+        if fill is not None and not np.isnan(fill):
             block[block == fill] = np.nan
         pr, pc = rows[idx] - r0, cols[idx] - c0
+        centre = block[:, pr, pc].T
         if window_px == 1:
-            return idx, block[:, pr, pc].T
+            return idx, centre
         acc = np.zeros((idx.size, block.shape[0]))
         cnt = np.zeros((idx.size, block.shape[0]))
         h, w = block.shape[1:]
@@ -91,7 +103,11 @@ def _file_values(
                 acc += np.where(ok, vals, 0.0)
                 cnt += ok
         with np.errstate(invalid="ignore", divide="ignore"):
-            return idx, np.where(cnt > 0, acc / cnt, np.nan)
+            mean = np.where(cnt > 0, acc / cnt, np.nan)
+        # Class codes are not averaged: categorical bands keep the centre pixel.
+        if categorical is not None and categorical.any():
+            mean[:, categorical] = centre[:, categorical]
+        return idx, mean
 
 
 def extract_point_features(
@@ -128,7 +144,14 @@ def extract_point_features(
         paths = files[name] if files is not None else manifest.modality_files(name)
         for path in paths:
             idx, vals = _file_values(
-                str(path), x, y, manifest.crs, window_px, spec.nodata, len(spec.bands)
+                str(path),
+                x,
+                y,
+                manifest.crs,
+                window_px,
+                spec.nodata,
+                len(spec.bands),
+                np.array([b in spec.categorical for b in spec.bands]),
             )
             if idx.size == 0:
                 continue
@@ -139,3 +162,74 @@ def extract_point_features(
         for j, band in enumerate(spec.bands):
             columns[band] = values[:, j]
     return pd.DataFrame(columns)
+
+
+#: Spectral indices computed from Sentinel-2 bands when all their bands are present.
+SPECTRAL_INDICES: dict[str, tuple[str, str]] = {
+    "ndvi": ("B08", "B04"),  # vegetation
+    "ndwi": ("B03", "B08"),  # open water (McFeeters)
+    "ndmi": ("B08", "B11"),  # moisture
+    "nbr": ("B08", "B12"),  # burn ratio
+    "ngrdi": ("B03", "B04"),  # green-red
+    "ndsi": ("B03", "B11"),  # snow
+}
+#: Coordinate feature names (in the dataset CRS).
+COORD_COLUMNS = ("coord_x", "coord_y")
+
+
+def feature_groups(manifest: DatasetManifest) -> dict[str, list[str]]:
+    """Named groups of feature columns: one per modality (``sentinel2`` also as ``s2``),
+    ``rgb`` (B04, B03, B02), ``indices`` (spectral indices), ``coords`` (x/y)."""
+    groups: dict[str, list[str]] = {
+        name: list(spec.bands) for name, spec in manifest.modalities.items()
+    }
+    if "sentinel2" in groups:
+        groups["s2"] = groups["sentinel2"]
+    bands = set(manifest.band_names)
+    rgb: list[str] = [b for b in ("B04", "B03", "B02") if b in bands]
+    if rgb:
+        groups["rgb"] = rgb
+    indices = [k for k, (a, b) in SPECTRAL_INDICES.items() if a in bands and b in bands]
+    if indices:
+        groups["indices"] = indices
+    groups["coords"] = list(COORD_COLUMNS)
+    return groups
+
+
+def resolve_feature_columns(manifest: DatasetManifest, selection: Sequence[str]) -> list[str]:
+    """Columns for a selection of group names and/or single feature names, in order.
+
+    Raises:
+        DatasetError: an entry that is neither a group nor a feature of this dataset.
+    """
+    groups = feature_groups(manifest)
+    singles = set(manifest.band_names) | set(SPECTRAL_INDICES) | set(COORD_COLUMNS)
+    columns: list[str] = []
+    for item in selection:
+        if item in groups:
+            new = groups[item]
+        elif item in singles:
+            new = [item]
+        else:
+            raise DatasetError(
+                manifest.path,
+                "model.features",
+                f"unknown feature or feature group {item!r}",
+                f"use groups {sorted(groups)} or band names {manifest.band_names}",
+            )
+        columns += [c for c in new if c not in columns]
+    return columns
+
+
+def feature_table(
+    manifest: DatasetManifest, x: np.ndarray, y: np.ndarray, window_px: int = 1
+) -> pd.DataFrame:
+    """Every band, spectral index and coordinate at the points: the tree models' inputs."""
+    frame = extract_point_features(manifest, x, y, window_px=window_px)
+    for name, (a, b) in SPECTRAL_INDICES.items():
+        if a in frame and b in frame:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frame[name] = (frame[a] - frame[b]) / (frame[a] + frame[b])
+    frame[COORD_COLUMNS[0]] = np.asarray(x, dtype=np.float64)
+    frame[COORD_COLUMNS[1]] = np.asarray(y, dtype=np.float64)
+    return frame

@@ -10,6 +10,7 @@ import numpy as np
 import rasterio
 from scipy.spatial import cKDTree
 
+from ..errors import DatasetError
 from .manifest import DatasetManifest
 from .normalization import compute_band_stats
 from .pedons import PedonDataset
@@ -66,10 +67,26 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
     }
     for name, spec in manifest.modalities.items():
         files = manifest.modality_files(name)
+        if not files:
+            raise DatasetError(
+                manifest.resolve(spec.folder),
+                f"modalities.{name}.glob",
+                f"no raster matches `{spec.glob}`",
+                "run `miso-bench data check` and fix what it reports",
+            )
         bounds = [np.inf, np.inf, -np.inf, -np.inf]
         pixels = 0
         for path in files:
-            with rasterio.open(path) as src:
+            try:
+                src = rasterio.open(path)
+            except rasterio.errors.RasterioError as exc:
+                raise DatasetError(
+                    path,
+                    "(file)",
+                    f"unreadable raster: {exc}",
+                    "run `miso-bench data check` and fix what it reports",
+                ) from exc
+            with src:
                 b = src.bounds
                 bounds = [
                     min(bounds[0], b.left),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import ManifestError
@@ -28,6 +29,7 @@ __all__ = [
     "RegionSpec",
     "find_manifest",
     "load_manifest",
+    "nodata_in_dtype",
 ]
 
 #: File name of a dataset manifest inside a dataset folder.
@@ -270,6 +272,18 @@ class _Reader:
         return items
 
 
+def nodata_in_dtype(value: float | None, dtype: str) -> float | None:
+    """A no-data value as the file's dtype stores it (-3e38 in float32 is -3.0000000054977558e38).
+
+    Compare pixels with this value, never with the float64 number written in a manifest.
+    """
+    if value is None:
+        return None
+    if np.isnan(value):
+        return float("nan")
+    return float(np.asarray(value, dtype=np.float64).astype(dtype))
+
+
 def find_manifest(path: str | Path) -> Path:
     """Return the manifest file for a dataset folder or manifest path.
 
@@ -395,6 +409,17 @@ def load_manifest(path: str | Path) -> DatasetManifest:
             "missing",
             "give both x_column and y_column, or neither for files with geometry",
         )
+    if ped.get("crs") is not None:
+        try:
+            from pyproj import CRS as _CRS
+
+            _CRS.from_user_input(ped["crs"])
+        except Exception as exc:  # pyproj raises several types for an unknown CRS
+            raise r.fail(
+                "pedons.crs",
+                f"unknown CRS {ped['crs']!r}",
+                "write an EPSG code such as EPSG:4326 for longitude/latitude",
+            ) from exc
     pedons = PedonSpec(
         file=r.string(ped["file"], "pedons.file"),
         id_column=r.string(ped["id_column"], "pedons.id_column"),

@@ -18,7 +18,8 @@ import numpy as np
 import rasterio
 import torch
 
-from .manifest import DatasetManifest
+from ..errors import DatasetError
+from .manifest import DatasetManifest, nodata_in_dtype
 
 __all__ = ["BandStats", "Normalizer", "compute_band_stats"]
 
@@ -60,14 +61,39 @@ def _sample_band_values(
 ) -> dict[str, list[np.ndarray]]:
     values: dict[str, list[np.ndarray]] = {b: [] for b in manifest.band_names}
     for name, spec in manifest.modalities.items():
-        for path in manifest.modality_files(name):
-            with rasterio.open(path) as src:
-                step = max(1, int(np.sqrt(src.width * src.height / max_pixels_per_file)))
-                out_shape = (src.count, max(1, src.height // step), max(1, src.width // step))
-                data = src.read(
-                    out_shape=out_shape, resampling=rasterio.enums.Resampling.nearest
-                ).astype(np.float64)
-                nodata = spec.nodata if spec.nodata is not None else src.nodata
+        files = manifest.modality_files(name)
+        if not files:
+            raise DatasetError(
+                manifest.resolve(spec.folder),
+                f"modalities.{name}.glob",
+                f"no raster matches `{spec.glob}`",
+                "run `miso-bench data check` and fix what it reports",
+            )
+        for path in files:
+            try:
+                with rasterio.open(path) as src:
+                    if src.count != len(spec.bands):
+                        raise DatasetError(
+                            path,
+                            f"modalities.{name}.bands",
+                            f"file has {src.count} bands, the manifest lists {len(spec.bands)}",
+                            "list one band name per band in file order",
+                        )
+                    step = max(1, int(np.sqrt(src.width * src.height / max_pixels_per_file)))
+                    shape = (src.count, max(1, src.height // step), max(1, src.width // step))
+                    data = src.read(
+                        out_shape=shape, resampling=rasterio.enums.Resampling.nearest
+                    ).astype(np.float64)
+                    nodata = nodata_in_dtype(
+                        spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
+                    )
+            except rasterio.errors.RasterioError as exc:
+                raise DatasetError(
+                    path,
+                    "(file)",
+                    f"unreadable raster: {exc}",
+                    "run `miso-bench data check` and fix what it reports",
+                ) from exc
             for j, band in enumerate(spec.bands):
                 v = data[j].ravel()
                 ok = ~np.isnan(v)

@@ -9,13 +9,14 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import torch
 from torchgeo.datasets import GeoDataset
 
 from ..errors import DatasetError
 from .manifest import DatasetManifest, LabelSpec
 
-__all__ = ["LabelFilterReport", "PedonDataset", "read_pedon_table"]
+__all__ = ["LabelFilterReport", "PedonDataset", "pedon_xy", "read_pedon_table"]
 
 _VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 
@@ -34,9 +35,16 @@ def read_pedon_table(manifest: DatasetManifest) -> gpd.GeoDataFrame:
     path = manifest.resolve(spec.file)
     if not path.is_file():
         raise DatasetError(
-            f"{path}: pedon file not found (fix: check pedons.file in {manifest.path})"
+            path, "pedons.file", "pedon file not found", f"correct pedons.file in {manifest.path}"
         )
     suffix = path.suffix.lower()
+    if suffix not in _VECTOR_SUFFIXES | {".parquet", ".csv", ".txt"}:
+        raise DatasetError(
+            path,
+            "pedons.file",
+            f"unsupported pedon file type `{suffix}`",
+            "use .gpkg, .geojson, .csv or .parquet",
+        )
     try:
         if suffix in _VECTOR_SUFFIXES:
             gdf = gpd.read_file(path, layer=spec.layer) if spec.layer else gpd.read_file(path)
@@ -45,53 +53,69 @@ def read_pedon_table(manifest: DatasetManifest) -> gpd.GeoDataFrame:
                 gdf = gpd.read_parquet(path)
             except (ValueError, KeyError):
                 gdf = pd.read_parquet(path)
-        elif suffix in {".csv", ".txt"}:
-            gdf = pd.read_csv(path)
         else:
-            raise DatasetError(
-                f"{path}: unsupported pedon file type `{suffix}` (fix: use "
-                ".gpkg, .geojson, .csv or .parquet)"
-            )
-    except DatasetError:
-        raise
+            gdf = pd.read_csv(path)
     except Exception as exc:  # the vector/tabular readers raise many types for broken files
         raise DatasetError(
-            f"{path}: cannot read pedon file: {exc} (fix: re-export it as GeoPackage or CSV)"
+            path,
+            "pedons.file",
+            f"cannot read pedon file: {exc}",
+            "re-export it as GeoPackage or CSV",
         ) from exc
-
+    columns = [c for c in gdf.columns if c != "geometry"]
     if spec.x_column and spec.y_column:
         for col, key in ((spec.x_column, "x_column"), (spec.y_column, "y_column")):
             if col not in gdf.columns:
                 raise DatasetError(
-                    f"{path}: pedons.{key}: column `{col}` not found (fix: use "
-                    f"one of {list(gdf.columns)[:20]})"
+                    path, f"pedons.{key}", f"column `{col}` not found", f"use one of {columns[:20]}"
                 )
         frame = pd.DataFrame(gdf.drop(columns="geometry", errors="ignore"))
+        # Coordinates written as text (decimal commas, typos) become NaN and are reported
+        # by `data check` as pedons without coordinates.
+        xs = pd.to_numeric(frame[spec.x_column], errors="coerce").to_numpy(dtype=np.float64)
+        ys = pd.to_numeric(frame[spec.y_column], errors="coerce").to_numpy(dtype=np.float64)
         gdf = gpd.GeoDataFrame(
-            frame,
-            geometry=gpd.points_from_xy(frame[spec.x_column], frame[spec.y_column]),
-            crs=spec.crs or manifest.crs,
+            frame, geometry=gpd.points_from_xy(xs, ys), crs=spec.crs or manifest.crs
         )
     elif not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry is None:
         raise DatasetError(
-            f"{path}: the pedon file has no geometry (fix: set pedons.x_column "
-            f"and pedons.y_column in {manifest.path})"
+            path,
+            "pedons.x_column",
+            "the pedon file has no geometry",
+            f"set pedons.x_column and pedons.y_column in {manifest.path}",
         )
     if gdf.crs is None:
         gdf = gdf.set_crs(spec.crs or manifest.crs)
     if spec.id_column not in gdf.columns:
         raise DatasetError(
-            f"{path}: pedons.id_column: column `{spec.id_column}` not found "
-            f"(fix: use one of {list(gdf.columns)[:20]})"
+            path,
+            "pedons.id_column",
+            f"column `{spec.id_column}` not found",
+            f"use one of {columns[:20]}",
         )
     for lab in spec.labels.values():
         if lab.column not in gdf.columns:
             raise DatasetError(
-                f"{path}: pedons.labels.{lab.name}.column: column `{lab.column}` "
-                f"not found (fix: use one of {list(gdf.columns)[:20]})"
+                path,
+                f"pedons.labels.{lab.name}.column",
+                f"column `{lab.column}` not found",
+                f"use one of {columns[:20]}",
             )
-    gdf = gdf.to_crs(manifest.crs)
-    return gdf
+    return gdf.to_crs(manifest.crs)
+
+
+def pedon_xy(gdf: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every row (NaN for missing or empty geometry; centroids for polygons)."""
+    geoms = np.asarray(gdf.geometry.to_numpy(), dtype=object)
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    pts = np.array(geoms, dtype=object)
+    pts[missing] = shapely.Point(0, 0)  # placeholder, reported as NaN below
+    not_point = ~missing & (shapely.get_type_id(pts) != 0)
+    if not_point.any():
+        pts[not_point] = shapely.centroid(pts[not_point])
+    x = np.where(missing, np.nan, shapely.get_x(pts))
+    y = np.where(missing, np.nan, shapely.get_y(pts))
+    return x.astype(np.float64), y.astype(np.float64)
 
 
 def _normalise_label(value: Any) -> Any:
@@ -122,7 +146,8 @@ class LabelFilterReport:
         n_missing: pedons without a value.
         n_unknown: pedons whose value is not in the class list.
         unknown_values: the distinct unknown values with their counts.
-        n_kept: pedons with a valid label.
+        n_kept: pedons with a valid label and coordinates.
+        n_unlocated: pedons with a valid label but no usable coordinates.
         class_counts: kept pedons per class, in class order.
     """
 
@@ -133,6 +158,7 @@ class LabelFilterReport:
     unknown_values: dict[Any, int]
     n_kept: int
     class_counts: dict[Any, int]
+    n_unlocated: int = 0
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -142,6 +168,8 @@ class LabelFilterReport:
         )
         if self.n_unknown:
             text += f", {self.n_unknown:,} with unknown values {self.unknown_values}"
+        if self.n_unlocated:
+            text += f", {self.n_unlocated:,} without coordinates"
         return text + ")"
 
 
@@ -163,24 +191,19 @@ class PedonDataset(GeoDataset):
         self.paths = str(manifest.resolve(manifest.pedons.file))
         raw = read_pedon_table(manifest) if table is None else table
         spec = manifest.pedons
-        xy = raw.geometry.get_coordinates()
-        frame = pd.DataFrame(
-            {
-                "id": raw[spec.id_column].to_numpy(),
-                "x": xy["x"].to_numpy(dtype=np.float64),
-                "y": xy["y"].to_numpy(dtype=np.float64),
-            }
-        )
+        x, y = pedon_xy(raw)
+        frame = pd.DataFrame({"id": raw[spec.id_column].to_numpy(), "x": x, "y": y})
         for lab in spec.labels.values():
             frame[lab.name] = [_normalise_label(v) for v in raw[lab.column].tolist()]
         self.table = gpd.GeoDataFrame(
             frame, geometry=gpd.points_from_xy(frame["x"], frame["y"]), crs=manifest.crs
         )
         interval = pd.Interval(pd.Timestamp.min, pd.Timestamp.max, closed="both")
+        located = np.flatnonzero(np.isfinite(x) & np.isfinite(y))  # spatial index: located only
         self.index = gpd.GeoDataFrame(
-            {"row": np.arange(len(frame))},
-            index=pd.IntervalIndex([interval] * len(frame), name="datetime"),
-            geometry=self.table.geometry.to_numpy(),
+            {"row": located},
+            index=pd.IntervalIndex([interval] * len(located), name="datetime"),
+            geometry=gpd.points_from_xy(x[located], y[located]),
             crs=manifest.crs,
         )
         self._res = (manifest.res_m, manifest.res_m)
@@ -213,8 +236,10 @@ class PedonDataset(GeoDataset):
         labels = self.manifest.pedons.labels
         if label not in labels:
             raise DatasetError(
-                f"{self.manifest.path}: pedons.labels: no label `{label}` "
-                f"(fix: use one of {sorted(labels)})"
+                self.manifest.path,
+                "pedons.labels",
+                f"no label `{label}`",
+                f"use one of {sorted(labels)}",
             )
         return labels[label]
 
@@ -231,7 +256,8 @@ class PedonDataset(GeoDataset):
         known = values.map(lambda v: v in lookup).to_numpy(dtype=bool)
         unknown = ~missing & ~known
         unknown_values = values[unknown].value_counts().to_dict()
-        kept = self.table.loc[known].copy()
+        located = (np.isfinite(self.table["x"]) & np.isfinite(self.table["y"])).to_numpy()
+        kept = self.table.loc[known & located].copy()
         kept["target"] = kept[label].map(lookup).astype(np.int64)
         counts = np.bincount(kept["target"].to_numpy(), minlength=len(classes))
         report = LabelFilterReport(
@@ -242,6 +268,7 @@ class PedonDataset(GeoDataset):
             unknown_values={k: int(v) for k, v in unknown_values.items()},
             n_kept=len(kept),
             class_counts={c: int(n) for c, n in zip(spec.classes, counts, strict=True)},
+            n_unlocated=int((known & ~located).sum()),
         )
         return kept, report
 

@@ -67,8 +67,10 @@ class ManifestRaster(RasterDataset):
         key = modality or self.modality
         if key not in manifest.modalities:
             raise DatasetError(
-                f"{manifest.path}: modalities.{key}: missing (fix: add the `{key}` modality "
-                f"or use one of {sorted(manifest.modalities)})"
+                manifest.path,
+                f"modalities.{key}",
+                "missing",
+                f"add the `{key}` modality or use one of {sorted(manifest.modalities)}",
             )
         spec = manifest.modalities[key]
         self.spec: ModalitySpec = spec
@@ -81,8 +83,10 @@ class ManifestRaster(RasterDataset):
             unknown = [b for b in bands if b not in spec.bands]
             if unknown:
                 raise DatasetError(
-                    f"{manifest.path}: modalities.{key}.bands: {unknown} not available "
-                    f"(fix: choose from {list(spec.bands)})"
+                    manifest.path,
+                    f"modalities.{key}.bands",
+                    f"{unknown} not available",
+                    f"choose from {list(spec.bands)}",
                 )
         folder = manifest.resolve(spec.folder)
         try:
@@ -96,8 +100,10 @@ class ManifestRaster(RasterDataset):
             )
         except DatasetNotFoundError as exc:
             raise DatasetError(
-                f"{folder}: no raster matches `{spec.glob}` for modality `{key}` "
-                f"(fix: check modalities.{key}.folder and glob in {manifest.path})"
+                folder,
+                f"modalities.{key}.glob",
+                f"no raster matches `{spec.glob}`",
+                f"check modalities.{key}.folder and glob in {manifest.path}",
             ) from exc
 
     @property

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -11,18 +9,10 @@ import pandas as pd
 from ..errors import DatasetError
 from .manifest import DatasetManifest, RegionSpec
 
-__all__ = ["OUTSIDE", "RegionLayer", "assign_regions", "load_regions", "slugify"]
+__all__ = ["OUTSIDE", "RegionLayer", "assign_regions", "load_regions"]
 
 #: Region name given to points that fall in no polygon of a layer.
 OUTSIDE = "outside"
-
-
-def slugify(name: str) -> str:
-    """Lower snake-case key for metric names.
-
-    ``Yukon-Kuskokwim Delta`` becomes ``yukon_kuskokwim_delta``.
-    """
-    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "unnamed"
 
 
 class RegionLayer:
@@ -38,17 +28,26 @@ class RegionLayer:
         path = manifest.resolve(spec.file)
         if not path.is_file():
             raise DatasetError(
-                f"{path}: region layer `{spec.name}` not found (fix: check "
-                f"regions.{spec.name}.file in {manifest.path})"
+                path,
+                f"regions.{spec.name}.file",
+                "region layer not found",
+                f"correct the path in {manifest.path}",
             )
         try:
             gdf = gpd.read_file(path)
         except Exception as exc:  # vector readers raise many types for broken files
-            raise DatasetError(f"{path}: cannot read region layer: {exc}") from exc
+            raise DatasetError(
+                path,
+                f"regions.{spec.name}.file",
+                f"cannot read region layer: {exc}",
+                "re-export it as GeoPackage",
+            ) from exc
         if spec.field not in gdf.columns:
             raise DatasetError(
-                f"{path}: regions.{spec.name}.field: column `{spec.field}` not "
-                f"found (fix: use one of {list(gdf.columns)})"
+                path,
+                f"regions.{spec.name}.field",
+                f"column `{spec.field}` not found",
+                f"use one of {[c for c in gdf.columns if c != 'geometry']}",
             )
         if gdf.crs is None:
             gdf = gdf.set_crs(manifest.crs)
@@ -68,7 +67,7 @@ class RegionLayer:
     def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Region name of each point (``"outside"`` when in no polygon; first match wins)."""
         points = gpd.GeoDataFrame(geometry=gpd.points_from_xy(x, y), crs=self.polygons.crs)
-        joined = gpd.sjoin(points, self.polygons, how="left", predicate="within")
+        joined = gpd.sjoin(points, self.polygons, how="left", predicate="intersects")
         joined = joined[~joined.index.duplicated(keep="first")]
         names = joined[self.spec.field].reindex(range(len(points)))
         return names.fillna(OUTSIDE).to_numpy(dtype=object)

@@ -33,6 +33,7 @@ def first(root: Path, modality: str) -> Path:
 
 
 def cloud_point(root: Path) -> tuple[float, float]:
+    """A Sentinel-2 no-data pixel (every site has cloud gaps)."""
     for path in sorted((root / "sentinel2").glob("*.tif")):
         with rasterio.open(path) as src:
             a = src.read(1)
@@ -108,6 +109,47 @@ def _grid(root: Path) -> None:
     rewrite(first(root, "climate"), change)
 
 
+def _missing_tile(root: Path) -> None:
+    first(root, "terrain").unlink()
+
+
+def _lonlat_csv(root: Path) -> None:
+    g = gpd.read_file(root / "pedons.gpkg")
+    g.drop(columns="geometry").to_csv(root / "pedons.csv", index=False)
+    text = (root / "dataset.yaml").read_text().replace("file: pedons.gpkg", "file: pedons.csv")
+    text = text.replace("id_column: id", "id_column: id\n  x_column: lon\n  y_column: lat")
+    (root / "dataset.yaml").write_text(text)
+
+
+def _corrupt(root: Path) -> None:
+    path = first(root, "terrain")
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 4000] = (
+        np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    )
+    path.write_bytes(bytes(data))
+
+
+def _text_coordinates(root: Path) -> None:
+    g = gpd.read_file(root / "pedons.gpkg")
+    frame = g.drop(columns="geometry").astype({"x_3338": str})
+    frame.loc[0, "x_3338"] = "-147,70"
+    frame.to_csv(root / "pedons.csv", index=False)
+    text = (root / "dataset.yaml").read_text().replace("file: pedons.gpkg", "file: pedons.csv")
+    text = text.replace("id_column: id", "id_column: id\n  x_column: x_3338\n  y_column: y_3338")
+    (root / "dataset.yaml").write_text(text)
+
+
+def _no_geometry(root: Path) -> None:
+    def change(g):
+        geoms = g.geometry.copy()
+        geoms.iloc[0] = None
+        return g.set_geometry(geoms)
+
+    edit_pedons(root, change)
+
+
 CASES = {
     "missing files": (_missing_files, "climate", "no file matches"),
     "crs mismatch": (_crs, "terrain", "differs from the dataset CRS"),
@@ -119,6 +161,11 @@ CASES = {
     "duplicate ids": (_dupes, "pedons.gpkg", "duplicate ids"),
     "unreadable file": (_unreadable, "sentinel2", "unreadable raster"),
     "misaligned grid": (_grid, "climate", "not aligned"),
+    "missing tile in one modality": (_missing_tile, "pedons.gpkg", "outside the `terrain`"),
+    "lon/lat without crs": (_lonlat_csv, "pedons.csv", "look like longitude/latitude"),
+    "corrupt raster data": (_corrupt, "terrain", "corrupt raster data"),
+    "coordinates as text": (_text_coordinates, "pedons.csv", "no usable coordinates"),
+    "pedon without geometry": (_no_geometry, "pedons.gpkg", "no usable coordinates"),
 }
 
 
@@ -149,3 +196,37 @@ def test_broken_manifest_is_one_problem(tiny_copy, capsys):
     assert len(problems) == 1 and "res_m" in problems[0].field
     assert main(["data", "check", str(tiny_copy)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_float32_nodata_like_the_reference_is_masked(tiny_copy):
+    """-3e38 in a float32 file is -3.0000000054977558e38: compare in the file's dtype."""
+    from miso_bench.data.chips import PedonChipDataset
+    from miso_bench.data.features import extract_point_features
+    from miso_bench.data.manifest import load_manifest
+    from miso_bench.data.pedons import PedonDataset
+    from miso_bench.data.rasters import open_stack
+
+    for path in sorted((tiny_copy / "terrain").glob("*.tif")):
+
+        def change(d, p):
+            d = d.copy()
+            d[:, :8, :8] = np.float32(-3e38)
+            return d, {**p, "nodata": -3e38}
+
+        rewrite(path, change)
+    text = (tiny_copy / "dataset.yaml").read_text()
+    (tiny_copy / "dataset.yaml").write_text(text.replace("nodata: -9999.0", "nodata: -3.0e+38", 1))
+    m = load_manifest(tiny_copy)
+    assert m.modalities["terrain"].nodata == -3e38
+    # The file's -3e38 and the manifest's -3.0e+38 are the same no-data value.
+    assert not any("nodata" in p.field for p in check_dataset(tiny_copy))
+    with rasterio.open(first(tiny_copy, "terrain")) as src:
+        x, y = src.xy(2, 2)
+    feats = extract_point_features(m, np.array([x]), np.array([y]), modalities=["terrain"])
+    assert feats.isna().all(axis=1).iloc[0]
+    stack, parts = open_stack(m)
+    table = PedonDataset(m).table.iloc[[0]].copy()
+    table["x"], table["y"] = x, y
+    sample = PedonChipDataset(stack, parts, table, chip_size_px=8)[0]
+    terrain = slice(9, 16)
+    assert not sample["valid"][terrain][:, 4, 4].any()

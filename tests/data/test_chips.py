@@ -113,3 +113,21 @@ def test_chips_work_with_a_dataloader(tiny, labelled):
     assert batch["valid"].dtype == torch.bool
     assert batch["query_xy"].shape == (8, 2)
     assert batch["label"].shape == (8,)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_jitter_never_moves_the_pedon_out_of_its_chip(tiny, labelled, size):
+    stack, parts = open_stack(tiny)
+    with pytest.raises(ValueError, match="jitter_px"):
+        PedonChipDataset(
+            stack,
+            parts,
+            labelled,
+            chip_size_px=size,
+            jitter_px=size // 2 + 1 if size % 2 else size // 2,
+        )
+    ds = PedonChipDataset(
+        stack, parts, labelled, chip_size_px=size, jitter_px=(size - 1) // 2, preload=True
+    )
+    q = np.stack([ds[i]["query_xy"].numpy() for i in range(len(ds))])
+    assert (q >= -1).all() and (q < 1).all()

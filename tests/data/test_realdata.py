@@ -52,13 +52,25 @@ def test_eberg_loads_through_the_same_classes(eberg):
     )
 
 
+def test_window_means_keep_class_codes(eberg):
+    kept, _ = PedonDataset(eberg).labelled("soiltype")
+    feats = extract_point_features(eberg, kept["x"].to_numpy(), kept["y"].to_numpy(), window_px=3)
+    codes = feats["PRMGEO6"].dropna().to_numpy()
+    assert np.allclose(codes, np.round(codes))  # categorical: centre pixel, not a mean
+    dem = feats["DEMSRT6"].dropna().to_numpy()
+    assert not np.allclose(dem, np.round(dem))  # continuous: a real window mean
+
+
 def test_eberg_info_and_check(eberg, capsys):
     summary = dataset_summary(eberg)
     task = summary["pedons"]["tasks"]["soiltype"]
     assert task["classes"]["B"] == 790
     assert task["nn_same_label"] > 2 * task["nn_same_label_chance"]
     problems = check_dataset(eberg.path)
-    assert len(problems) == 1 and "892 pedons lie outside all rasters" in problems[0].problem
+    texts = sorted(p.problem for p in problems)
+    assert len(problems) == 2
+    assert any("892 pedons lie outside all rasters" in t for t in texts)
+    assert any("no-data of band `HBTSOLx` only" in t for t in texts)
     assert main(["data", "check", str(eberg_dir())]) == 2
     assert main(["data", "info", str(eberg_dir())]) == 0
     assert "soiltype" in capsys.readouterr().out

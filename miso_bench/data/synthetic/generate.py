@@ -154,8 +154,8 @@ def _sample_pedon_pixels(
             g[sel] = k * 100 + idx // (len(curve) // 8 + 1)  # ~8 campaigns along each line
         sel = kind == 2
         which = rng.integers(0, n_clusters, sel.sum())
-        r[sel] = centres[which, 0] + rng.normal(0, 25.0 * n / 512, sel.sum())
-        c[sel] = centres[which, 1] + rng.normal(0, 25.0 * n / 512, sel.sum())
+        r[sel] = centres[which, 0] + rng.normal(0, 25.0, sel.sum())
+        c[sel] = centres[which, 1] + rng.normal(0, 25.0, sel.sum())
         g[sel] = 200 + which
         sel = kind == 3
         r[sel] = rng.uniform(0, n, sel.sum())
@@ -184,8 +184,8 @@ def _noisy_orders(
     return out
 
 
-def _build_site(args: tuple[str, int, int, int, int, float, float, str]) -> _SiteResult:
-    name, size_px, seed, n_pedons, n_truth, tax_missing, pf_labelled, out_str = args
+def _build_site(args: tuple[str, int, int, int, int, float, str]) -> _SiteResult:
+    name, size_px, seed, n_pedons, n_truth, pf_labelled, out_str = args
     site = SITES[name]
     grid_id, xmin, ymax = _site_window(site, size_px)
     land = build_landscape(site, size_px, RES_M, _site_seed(seed, site, size_px, 0))
@@ -227,7 +227,6 @@ def _build_site(args: tuple[str, int, int, int, int, float, float, str]) -> _Sit
     p_campaign = np.clip(rng.beta(0.6, 0.9, len(campaigns)) * pf_labelled / 0.4, 0, 1)
     p_point = p_campaign[np.searchsorted(campaigns, group)]
     pf_recorded = rng.random(len(r)) < p_point
-    tax_recorded = rng.random(len(r)) >= tax_missing
     x = xmin + c * RES_M
     y = ymax - r * RES_M
     pedons = pd.DataFrame(
@@ -236,13 +235,7 @@ def _build_site(args: tuple[str, int, int, int, int, float, float, str]) -> _Sit
             "grid_id": grid_id,
             "x_3338": x,
             "y_3338": y,
-            "tax_order": pd.array(
-                [
-                    TAX_ORDERS[o] if ok else None
-                    for o, ok in zip(order_obs, tax_recorded, strict=True)
-                ],
-                dtype="string",
-            ),
+            "tax_order": pd.array([TAX_ORDERS[o] for o in order_obs], dtype="string"),
             "pf1m": pd.array(np.where(pf_recorded, pf_obs.astype(int), -1), dtype="Int64"),
         }
     )
@@ -325,7 +318,6 @@ def generate_synthetic_alaska(
             seed,
             int(n_site[i]),
             int(n_truth[i]),
-            p.tax_order_missing,
             p.pf1m_labelled,
             str(tmp),
         )
@@ -359,6 +351,10 @@ def generate_synthetic_alaska(
     pedons.insert(
         0, "id", np.sort(id_rng.choice(int(len(pedons) * 1.02) + 1, len(pedons), replace=False))
     )
+    # Soil orders missing at random, exactly the preset's share (paper: 32,132 of 37,252 kept).
+    n_missing = round(len(pedons) * p.tax_order_missing)
+    missing = id_rng.choice(len(pedons), size=n_missing, replace=False)
+    pedons.loc[missing, "tax_order"] = pd.NA
     lon, lat = to_wgs84.transform(pedons["x_3338"].to_numpy(), pedons["y_3338"].to_numpy())
     pedons["lon"], pedons["lat"] = np.round(lon, 6), np.round(lat, 6)
     import pyogrio

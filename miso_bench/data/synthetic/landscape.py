@@ -127,7 +127,9 @@ def permafrost_zone_codes(maat_c: np.ndarray) -> np.ndarray:
 def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Generator) -> Landscape:
     """Generate every raster of one site deterministically from ``rng``."""
     n = size_px
-    scale = n / 512.0  # keep feature sizes in metres independent of the window size
+    # Feature sizes below are fixed in pixels (10 m), so in metres too, whatever the window;
+    # only the relief grows with the window (fractal terrain).
+    scale = n / 512.0
 
     # --- terrain: fractal relief, a regional tilt and a carved river valley -----------------
     macro = fractal_surface(rng, n, beta=3.4)
@@ -138,7 +140,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     tilt = (tilt - tilt.min()) / (np.ptp(tilt) + 1e-12)
     river_rc = _meander(rng, n, wiggle=0.08)
     river_dist_px = _distance_to_curve_px(river_rc, n)
-    valley = np.exp(-((river_dist_px * res_m / (400.0 * max(scale, 0.5))) ** 2))
+    valley = np.exp(-((river_dist_px * res_m / 400.0) ** 2))
     relief_field = 0.8 * macro + 0.35 * tilt - 0.45 * valley
     relief_field = (relief_field - relief_field.min()) / (np.ptp(relief_field) + 1e-12)
     # Relief is quoted for a 512 px (5.12 km) window; fractal relief grows with extent roughly
@@ -157,7 +159,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     dz = smooth_dem - site.base_elev_m
     # Cold-air pooling: continental valley bottoms are colder than mid-slopes in winter.
     inversion = site.continentality * np.clip(dz / 300.0, 0.0, 1.0)
-    climate_noise = gaussian_field(rng, n, range_px=120 * scale)
+    climate_noise = gaussian_field(rng, n, range_px=120)
     tmin_jan = site.tmin_jan_c + LAPSE_C_PER_M * dz + 6.0 * inversion + 0.4 * climate_noise
     maat = site.maat_c + LAPSE_C_PER_M * dz + 2.0 * inversion + 0.2 * climate_noise
     swi = np.maximum(site.swi_c + 4.0 * LAPSE_C_PER_M * dz + 0.8 * climate_noise, 0.0)
@@ -168,7 +170,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     slope_w = np.clip(slope / 15.0, 0.0, 1.0)
     northness = np.cos(np.radians(aspect)) * slope_w
     river_talik = np.exp(-((river_dist_px * res_m / 100.0) ** 2))
-    ground_noise = gaussian_field(rng, n, range_px=40 * scale)
+    ground_noise = gaussian_field(rng, n, range_px=40)
     # Mean annual ground temperature proxy: snow keeps ground ~2.5 C warmer than air; north
     # slopes, wet (mossy, organic) ground stay colder; rivers keep a thawed talik.
     ground_t = (
@@ -181,7 +183,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     )
     pf1m = ground_t < 0.0
 
-    u_wet, u_spod, u_ash, u_moll, u_young = (gaussian_field(rng, n, 30 * scale) for _ in range(5))
+    u_wet, u_spod, u_ash, u_moll, u_young = (gaussian_field(rng, n, 30) for _ in range(5))
     wet_flat = (twi_z + 0.5 * u_wet > 1.0) & (slope < 2.5) & ((swi > 15) | (ppt > 400))
     ash_local = site.ash * (0.75 + 0.25 * u_ash)
     spodic = (ppt + 250 * u_spod > 700) & (twi_z < 0.8) & (swi > 30) & (ash_local < 0.6)
@@ -215,7 +217,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
         order[cond] = TAX_ORDERS.index(name)
 
     # --- land cover: follows soil state and climate at the patch scale ------------------------
-    patch = gaussian_field(rng, n, range_px=12 * scale)
+    patch = gaussian_field(rng, n, range_px=12)
     pf_s = ndi.gaussian_filter(pf1m.astype(np.float32), sigma=3.0)
     wet_s = ndi.gaussian_filter(twi_z, sigma=3.0) + 0.4 * patch
     ponds = gaussian_field(rng, n, range_px=5)
@@ -238,7 +240,7 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     thaw_ponds = (pf_s > 0.6) & (wet_s > 0.6) & (slope < 3) & (ponds > 1.3)
     cover[thaw_ponds] = _COVER_INDEX["water"]
     cover[(river_dist_px * res_m < 60) & (ponds > 0.8)] = _COVER_INDEX["bare"]
-    cover[river_dist_px * res_m < 20 + 15 * scale] = _COVER_INDEX["water"]
+    cover[river_dist_px * res_m < 35] = _COVER_INDEX["water"]
     water = cover == _COVER_INDEX["water"]
 
     # --- Sentinel-2: per-cover spectra, patch variation, illumination, texture, noise --------
@@ -261,13 +263,13 @@ def build_landscape(site: Site, size_px: int, res_m: float, rng: np.random.Gener
     refl *= 1.0 + 0.03 * rng.standard_normal(refl.shape).astype(np.float32)
     refl = ndi.gaussian_filter(refl, sigma=(0, 0.6, 0.6))  # sensor point-spread mixing
     s2 = np.clip(np.round(refl), 1, 10_000).astype(np.int16)
-    # Cloud/shadow-masked no-data blobs in about half of the sites.
-    if rng.random() < 0.5:
-        clouds = gaussian_field(rng, n, range_px=25 * scale) > 2.4
-        s2[:, clouds] = S2_NODATA
+    # Cloud/shadow gaps left in the composite: blobs covering 0.2-2 % of every site.
+    cloud_field = gaussian_field(rng, n, range_px=25)
+    clouds = cloud_field > np.quantile(cloud_field, 1.0 - rng.uniform(0.002, 0.02))
+    s2[:, clouds] = S2_NODATA
 
     terrain = np.stack([terr[b] for b in TERRAIN_BANDS]).astype(np.float32)
-    zone_maat = ndi.gaussian_filter(maat, sigma=30.0 * scale)
+    zone_maat = ndi.gaussian_filter(maat, sigma=30.0)
     return Landscape(
         s2=s2,
         terrain=terrain,

@@ -1,0 +1,358 @@
+"""Spatial cross-validation splitters with the scikit-learn ``BaseCrossValidator`` contract.
+
+Every splitter takes the pedon coordinates (EPSG:3338 metres, shape ``(n, 2)``) as ``X``, so
+``cross_validate``-style code keeps working; labels come as ``y`` (stratification) and group
+labels (regions, ids) as ``groups``. All randomness is seeded by ``random_state``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import curve_fit
+from scipy.spatial import cKDTree
+from sklearn.cluster import DBSCAN
+from sklearn.model_selection import BaseCrossValidator, StratifiedKFold
+
+from ..errors import MisoBenchError
+from ..spatial import block_ids
+
+__all__ = [
+    "BufferedSplitter",
+    "ClusterKFold",
+    "FileSplit",
+    "GroupBalancedKFold",
+    "LeaveOneRegionOut",
+    "RandomKFold",
+    "SpatialBlockKFold",
+    "balanced_group_folds",
+    "estimate_autocorrelation_range",
+]
+
+
+def balanced_group_folds(groups: np.ndarray, n_splits: int, rng: np.random.Generator) -> np.ndarray:
+    """Assign whole groups to ``n_splits`` folds, balancing the number of samples per fold.
+
+    Groups are shuffled, then placed largest first into the currently smallest fold (ties
+    broken by the shuffle), as verde's ``BlockKFold(balance=True)`` does.
+
+    Returns:
+        The fold of each sample.
+    """
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(uniq) < n_splits:
+        raise MisoBenchError(
+            f"only {len(uniq)} spatial groups for {n_splits} folds; use smaller blocks or "
+            "clusters (block_size_m / eps_m) or fewer folds (n_splits)"
+        )
+    perm = rng.permutation(len(uniq))
+    order = perm[np.argsort(-counts[perm], kind="stable")]
+    fold_of_group = np.empty(len(uniq), dtype=np.int64)
+    sizes = np.zeros(n_splits, dtype=np.int64)
+    for g in order:
+        f = int(np.argmin(sizes))
+        fold_of_group[g] = f
+        sizes[f] += counts[g]
+    return fold_of_group[inv.ravel()]
+
+
+class _FoldCV(BaseCrossValidator):
+    """Base: subclasses define ``_folds(X, y, groups) -> fold per sample``."""
+
+    n_splits: int
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(train_indices, test_indices)``; every sample is tested exactly once."""
+        folds = self._folds(
+            np.asarray(X, dtype=np.float64),
+            None if y is None else np.asarray(y),
+            None if groups is None else np.asarray(groups),
+        )
+        for f in range(int(folds.max()) + 1):
+            test = np.flatnonzero(folds == f)
+            if test.size:
+                yield np.flatnonzero(folds != f), test
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of folds."""
+        return self.n_splits
+
+    def _iter_test_indices(
+        self, X: Any = None, y: Any = None, groups: Any = None
+    ) -> Iterator[np.ndarray]:
+        for _, test in self.split(X, y, groups):
+            yield test
+
+
+class RandomKFold(_FoldCV):
+    """Stratified, shuffled k-fold: the optimistic reference point (ignores space)."""
+
+    def __init__(self, n_splits: int = 5, random_state: int = 0) -> None:
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        folds = np.empty(len(X), dtype=np.int64)
+        labels = np.zeros(len(X)) if y is None else y
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() >= self.n_splits:
+            cv: BaseCrossValidator = StratifiedKFold(
+                self.n_splits, shuffle=True, random_state=self.random_state
+            )
+            splits = cv.split(X, labels)
+        else:  # a class rarer than the number of folds cannot be stratified
+            rng = np.random.default_rng(self.random_state)
+            order = rng.permutation(len(X))
+            splits = ((None, order[f :: self.n_splits]) for f in range(self.n_splits))
+        for f, (_, test) in enumerate(splits):
+            folds[test] = f
+        return folds
+
+
+class SpatialBlockKFold(_FoldCV):
+    """K-fold over square blocks of ``block_size_m`` metres, shuffled, balanced by pedon count.
+
+    Args:
+        n_splits: number of folds.
+        block_size_m: block side in CRS metres (EPSG:3338), never degrees.
+        random_state: seed of the block shuffle.
+    """
+
+    def __init__(
+        self, n_splits: int = 5, block_size_m: float = 5000.0, random_state: int = 0
+    ) -> None:
+        self.n_splits = n_splits
+        self.block_size_m = block_size_m
+        self.random_state = random_state
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        blocks = block_ids(X[:, 0], X[:, 1], float(self.block_size_m))
+        return balanced_group_folds(blocks, self.n_splits, np.random.default_rng(self.random_state))
+
+
+class ClusterKFold(_FoldCV):
+    """K-fold over DBSCAN clusters linked at ``eps_m`` (the reference's 1 km / 10 km folds).
+
+    Points within ``eps_m`` of each other (chained) share a cluster; isolated points form their
+    own. Clusters are shuffled and assigned to folds balanced by pedon count (seeded, unlike
+    the reference).
+    """
+
+    def __init__(self, n_splits: int = 5, eps_m: float = 1000.0, random_state: int = 0) -> None:
+        self.n_splits = n_splits
+        self.eps_m = eps_m
+        self.random_state = random_state
+
+    def clusters(self, X: np.ndarray) -> np.ndarray:
+        """Cluster id of each point (noise points get their own ids)."""
+        labels = DBSCAN(eps=self.eps_m, min_samples=2).fit_predict(np.asarray(X))
+        noise = labels < 0
+        labels[noise] = labels.max() + 1 + np.arange(noise.sum())
+        return labels
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        return balanced_group_folds(
+            self.clusters(X), self.n_splits, np.random.default_rng(self.random_state)
+        )
+
+
+class GroupBalancedKFold(_FoldCV):
+    """K-fold over given ``groups``, shuffled and balanced by count."""
+
+    def __init__(self, n_splits: int = 5, random_state: int = 0) -> None:
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        if groups is None:
+            raise ValueError("GroupBalancedKFold needs groups")
+        return balanced_group_folds(groups, self.n_splits, np.random.default_rng(self.random_state))
+
+
+class LeaveOneRegionOut(_FoldCV):
+    """One fold per region (MLRA or permafrost zone): tests transfer to unseen regions.
+
+    ``groups`` holds the region name of each pedon.
+    """
+
+    def __init__(self) -> None:
+        self.n_splits = 0
+
+    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
+        if groups is None:
+            raise ValueError("LeaveOneRegionOut needs the region of each pedon as groups")
+        uniq, inv = np.unique(groups.astype(str), return_inverse=True)
+        if len(uniq) < 2:
+            raise MisoBenchError(f"leave-one-region-out needs at least 2 regions, got {list(uniq)}")
+        self.n_splits = len(uniq)
+        self.regions_ = list(uniq)
+        return inv.ravel()
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of regions in ``groups``."""
+        if groups is not None:
+            return len(np.unique(np.asarray(groups).astype(str)))
+        return self.n_splits
+
+
+class BufferedSplitter(BaseCrossValidator):
+    """Any splitter plus an exclusion buffer: training pedons within ``buffer_m`` of a test
+    pedon are dropped from that fold's training set.
+
+    Args:
+        base: the splitter whose folds are buffered.
+        buffer_m: exclusion distance in metres.
+    """
+
+    def __init__(self, base: BaseCrossValidator, buffer_m: float = 1000.0) -> None:
+        self.base = base
+        self.buffer_m = buffer_m
+
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield buffered ``(train, test)`` index pairs."""
+        X = np.asarray(X, dtype=np.float64)
+        for train, test in self.base.split(X, y, groups):
+            if self.buffer_m > 0 and len(train):
+                dist, _ = cKDTree(X[test]).query(X[train], k=1)
+                train = train[dist > self.buffer_m]
+            yield train, test
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of folds of the base splitter."""
+        return self.base.get_n_splits(X, y, groups)
+
+    def _iter_test_indices(
+        self, X: Any = None, y: Any = None, groups: Any = None
+    ) -> Iterator[np.ndarray]:
+        for _, test in self.split(X, y, groups):
+            yield test
+
+
+class FileSplit(BaseCrossValidator):
+    """Folds read from a split file in the reference format.
+
+    The file is JSON ``{"fold_0": {"train": [ids], "test": [ids]}, ...}``; ``groups`` holds the
+    pedon id of each sample. Ids of the file missing from the data are ignored; samples whose
+    id is in no test list are never tested (counted in :attr:`n_untested_`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        file = Path(path)
+        try:
+            raw = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MisoBenchError(
+                f"{file}: cannot read split file: {exc} (fix: give a JSON file "
+                'like {"fold_0": {"train": [...], "test": [...]}})'
+            ) from exc
+        keys = sorted(
+            (k for k in raw if str(k).startswith("fold_")), key=lambda k: int(str(k).split("_")[1])
+        )
+        if not keys or not all(isinstance(raw[k], dict) and "test" in raw[k] for k in keys):
+            raise MisoBenchError(
+                f"{file}: expected keys fold_0..fold_k each with 'train' and "
+                "'test' id lists (the reference format)"
+            )
+        self.folds = [
+            (set(map(str, raw[k].get("train", []))), set(map(str, raw[k]["test"]))) for k in keys
+        ]
+        self.n_splits = len(self.folds)
+
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(train, test)`` positions of the ids listed in each fold."""
+        if groups is None:
+            raise ValueError("FileSplit needs the pedon ids as groups")
+        ids = np.asarray([str(g) for g in groups])
+        tested = np.zeros(len(ids), dtype=bool)
+        for train_ids, test_ids in self.folds:
+            test = np.flatnonzero(np.isin(ids, list(test_ids)))
+            train = np.flatnonzero(np.isin(ids, list(train_ids)) & ~np.isin(ids, list(test_ids)))
+            tested[test] = True
+            yield train, test
+        self.n_untested_ = int((~tested).sum())
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of folds in the file."""
+        return self.n_splits
+
+    def _iter_test_indices(
+        self, X: Any = None, y: Any = None, groups: Any = None
+    ) -> Iterator[np.ndarray]:
+        for _, test in self.split(X, y, groups):
+            yield test
+
+
+def estimate_autocorrelation_range(
+    X: np.ndarray,
+    y: np.ndarray,
+    max_points: int = 3000,
+    n_bins: int = 20,
+    random_state: int = 0,
+    min_m: float = 100.0,
+    max_m: float = 10_000.0,
+) -> float:
+    """Practical range (metres) of the labels' local spatial autocorrelation.
+
+    The indicator semivariogram ``gamma(h) = 0.5 P(y_i != y_j | d_ij ~ h)`` is estimated over
+    log-spaced lags up to ``max_m`` from a random subsample of pedons (lags holding under 1 %
+    of the pairs are dropped). Lags are capped at ``max_m`` because between
+    regions the labels follow climate trends, not local autocorrelation. An exponential model
+    ``nugget + psill (1 - exp(-3 h / range))`` is fitted to the lags (weighted by their pair
+    counts); its practical range is returned. Used for
+    ``block_size_m: auto``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    rng = np.random.default_rng(random_state)
+    if len(X) > max_points:
+        pick = rng.choice(len(X), max_points, replace=False)
+        X, y = X[pick], y[pick]
+    if len(np.unique(y)) < 2 or len(X) < 10:
+        return float(max_m)
+    i, j = np.triu_indices(len(X), k=1)
+    d = np.hypot(X[i, 0] - X[j, 0], X[i, 1] - X[j, 1])
+    diff = (y[i] != y[j]).astype(np.float64)
+    edges = np.geomspace(min_m / 2, max_m, n_bins + 1)
+    which = np.digitize(d, edges) - 1
+    ok = (which >= 0) & (which < n_bins)
+    sums = np.bincount(which[ok], weights=diff[ok], minlength=n_bins)
+    cnts = np.bincount(which[ok], minlength=n_bins)
+    gamma = 0.5 * sums / np.maximum(cnts, 1)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    # Sparse lags (a handful of pairs at the longest distances) are too noisy to use.
+    usable = cnts >= max(30, 0.01 * cnts.sum())
+    if usable.sum() < 3:
+        return float(max_m)
+    h, g, n = centres[usable], gamma[usable], cnts[usable]
+
+    def exponential(lag: np.ndarray, nugget: float, psill: float, rng_m: float) -> np.ndarray:
+        return nugget + psill * (1.0 - np.exp(-3.0 * lag / rng_m))
+
+    try:
+        (_nugget, _psill, fitted), _ = curve_fit(
+            exponential,
+            h,
+            g,
+            p0=(g[0], max(g.max() - g[0], 1e-3), 1000.0),
+            sigma=1.0 / np.sqrt(n),
+            bounds=([0.0, 0.0, min_m], [1.0, 1.0, max_m]),
+            maxfev=5000,
+        )
+    except (RuntimeError, ValueError):  # no convergence: fall back to the empirical rule
+        reached = np.flatnonzero(g >= 0.95 * g.max())
+        return float(np.clip(h[reached[0]], min_m, max_m))
+    return float(np.clip(fitted, min_m, max_m))

@@ -1,0 +1,1 @@
+"""Evaluation: tasks, metrics (overall, per fold, by region with blocked-bootstrap CIs)."""

@@ -1,0 +1,185 @@
+"""Classification metrics from labels and probabilities, on the task's full label set.
+
+Every metric is computed over all classes of the task (``labels=range(K)``), so a fold or a
+region that lacks a class is still comparable: a class absent from the truth of the evaluated
+set is left out of the macro averages (the reference counted it as 0), and predictions of it
+count as false positives of that class. Binary tasks report the positive class's F1,
+precision and recall, and ROC-AUC / PR-AUC from probabilities (never from hard labels).
+
+Confusion-matrix metrics are computed with numpy from the matrix itself, which makes the
+blocked bootstrap (thousands of resampled matrices) cheap; they equal scikit-learn's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+
+from .tasks import Task
+
+__all__ = [
+    "CM_METRICS",
+    "METRIC_DESCRIPTIONS",
+    "classification_metrics",
+    "confusion",
+    "expected_calibration_error",
+    "metrics_from_confusion",
+]
+
+METRIC_DESCRIPTIONS: dict[str, str] = {
+    "accuracy": "share of correct predictions",
+    "balanced_accuracy": "mean recall over classes present in the truth",
+    "macro_precision": "mean precision over classes present in the truth",
+    "macro_recall": "mean recall over classes present in the truth",
+    "macro_f1": "mean F1 over classes present in the truth (primary for tax_order)",
+    "weighted_precision": "precision averaged with class support as weight",
+    "weighted_recall": "recall averaged with class support as weight",
+    "weighted_f1": "F1 averaged with class support as weight",
+    "kappa": "Cohen's kappa",
+    "f1_pos": "F1 of the positive class (binary; primary for pf1m)",
+    "precision_pos": "precision of the positive class (binary)",
+    "recall_pos": "recall of the positive class (binary)",
+    "roc_auc": "area under the ROC curve from probabilities (binary)",
+    "pr_auc": "average precision from probabilities (binary)",
+    "log_loss": "cross-entropy of the predicted probabilities",
+    "brier": "Brier score (mean squared error of the probability vector)",
+    "ece": "expected calibration error of the top-class probability (15 bins)",
+    "n": "number of evaluated pedons",
+    "precision/<class>, recall/<class>, f1/<class>, support/<class>": "per-class values",
+}
+
+#: Metrics computed from the confusion matrix alone (these get bootstrap CIs).
+CM_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_f1",
+    "kappa",
+)
+_BINARY_CM = ("f1_pos", "precision_pos", "recall_pos")
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix ``C[i, j]`` = count of truth ``i`` predicted as ``j``."""
+    idx = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
+
+
+def metrics_from_confusion(cm: np.ndarray, positive: int | None = None) -> dict[str, Any]:
+    """Confusion-matrix metrics; works on one matrix ``(K, K)`` or a stack ``(B, K, K)``.
+
+    Returns arrays of shape ``()`` or ``(B,)`` per metric, plus per-class arrays
+    (``precision_c``, ``recall_c``, ``f1_c``, ``support_c``) with a trailing class axis.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
+    n = support.sum(axis=-1)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    present = support > 0
+    n_present = np.maximum(present.sum(axis=-1), 1)
+    macro = lambda v: (v * present).sum(axis=-1) / n_present  # noqa: E731
+    weighted = lambda v: _safe_div((v * support).sum(axis=-1), n)  # noqa: E731
+    accuracy = _safe_div(tp.sum(axis=-1), n)
+    expected = _safe_div((support * predicted).sum(axis=-1), n**2)
+    kappa = _safe_div(accuracy - expected, 1 - expected)
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "balanced_accuracy": macro(recall),
+        "macro_precision": macro(precision),
+        "macro_recall": macro(recall),
+        "macro_f1": macro(f1),
+        "weighted_precision": weighted(precision),
+        "weighted_recall": weighted(recall),
+        "weighted_f1": weighted(f1),
+        "kappa": kappa,
+        "precision_c": precision,
+        "recall_c": recall,
+        "f1_c": f1,
+        "support_c": support,
+    }
+    if positive is not None:
+        out["f1_pos"] = f1[..., positive]
+        out["precision_pos"] = precision[..., positive]
+        out["recall_pos"] = recall[..., positive]
+    return out
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(total)
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, task: Task, threshold: float = 0.5
+) -> dict[str, float]:
+    """All metrics of a task for one evaluated set.
+
+    Args:
+        y_true: class indices, shape ``(n,)``.
+        proba: class probabilities, shape ``(n, K)``.
+        task: the task (its classes define K and the positive class).
+        threshold: decision threshold on the positive probability (binary tasks).
+
+    Returns:
+        Flat ``{metric: value}`` with stable keys (see :data:`METRIC_DESCRIPTIONS`).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    k = task.n_classes
+    if proba.shape != (len(y_true), k):
+        raise ValueError(f"proba must have shape ({len(y_true)}, {k}), got {proba.shape}")
+    pos = task.classes.index(task.positive_class) if task.kind == "binary" else None
+    if pos is not None:
+        y_pred = np.where(proba[:, pos] >= threshold, pos, 1 - pos)
+    else:
+        y_pred = proba.argmax(axis=1)
+    cm = confusion(y_true, y_pred, k)
+    raw = metrics_from_confusion(cm, positive=pos)
+    out: dict[str, float] = {"n": float(len(y_true))}
+    for key, value in raw.items():
+        if key.endswith("_c"):
+            stem = key[:-2]
+            for name, v in zip(task.class_names, value, strict=True):
+                out[f"{stem}/{name}"] = float(v)
+        else:
+            out[key] = float(value)
+    clipped = np.clip(proba, 1e-15, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    onehot = np.eye(k)[y_true]
+    out["log_loss"] = (
+        float(log_loss(y_true, clipped, labels=list(range(k)))) if len(y_true) else float("nan")
+    )
+    out["brier"] = (
+        float(np.mean(np.sum((proba - onehot) ** 2, axis=1))) if len(y_true) else float("nan")
+    )
+    out["ece"] = expected_calibration_error(y_true, proba) if len(y_true) else float("nan")
+    if pos is not None:
+        positive = (y_true == pos).astype(int)
+        if 0 < positive.sum() < len(positive):
+            out["roc_auc"] = float(roc_auc_score(positive, proba[:, pos]))
+            out["pr_auc"] = float(average_precision_score(positive, proba[:, pos]))
+        else:  # undefined with a single class present
+            out["roc_auc"] = float("nan")
+            out["pr_auc"] = float("nan")
+    return out
