@@ -10,9 +10,9 @@ setup:
 	@./scripts/setup.sh
 
 demo: setup
-	$(BIN)/miso-bench data synth --preset default
-	$(BIN)/miso-bench data check
-	$(BIN)/miso-bench data info
+	$(BIN)/miso-bench run --model rf --cv spatial --task tax_order
+	$(BIN)/miso-bench run --model rf --cv spatial --task pf1m
+	@echo "Compare runs in the MLflow dashboard: $(BIN)/miso-bench ui  (then open http://127.0.0.1:5000)"
 
 lint: setup
 	$(BIN)/ruff check miso_bench tests benchmarks
@@ -27,6 +27,7 @@ test: lint pytest
 
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_core.py
 
 clean:
 	rm -rf .miso-bench .pytest_cache .mypy_cache .ruff_cache

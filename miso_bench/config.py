@@ -35,6 +35,7 @@ __all__ = [
     "home_dir",
     "parse_set",
     "resolve_config",
+    "validate_config",
 ]
 
 #: Preset of the embedded default dataset.
@@ -202,7 +203,77 @@ def resolve_config(
     model_file = configs_dir() / "models" / f"{model_name}.yaml"
     model_cfg = _load_yaml(model_file) if model_file.is_file() else {}
     _check_keys(model_cfg, DEFAULTS, str(model_file))
-    return _merge(_merge(DEFAULTS, model_cfg), upper)
+    resolved = _merge(_merge(DEFAULTS, model_cfg), upper)
+    validate_config(resolved)
+    return resolved
+
+
+def _number(
+    cfg: Mapping[str, Any],
+    path: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    allow: tuple = (),
+) -> None:
+    node: Any = cfg
+    for part in path.split("."):
+        node = node[part]
+    if node in allow:
+        return
+    ok = isinstance(node, int) if integer else isinstance(node, int | float)
+    ok = ok and not isinstance(node, bool)
+    if ok and low is not None and node < low:
+        ok = False
+    if ok and high is not None and node > high:
+        ok = False
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bounds = ""
+        if low is not None and high is not None:
+            bounds = f" in [{low:g}, {high:g}]"
+        elif low is not None:
+            bounds = f" >= {low:g}"
+        extra = f" or {' / '.join(map(str, allow))}" if allow else ""
+        raise ConfigError(
+            f"`{path}` must be {kind}{bounds}{extra}, got {node!r} (fix: --set {path}=...)"
+        )
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Check the types and ranges of a resolved config's values.
+
+    Raises:
+        ConfigError: naming the key, the expected value and the fix.
+    """
+    _number(cfg, "seed", integer=True, low=0)
+    _number(cfg, "data.seed", integer=True, low=0)
+    _number(cfg, "model.window_px", integer=True, low=1)
+    if cfg["model"]["window_px"] % 2 == 0:
+        raise ConfigError("`model.window_px` must be odd (a window centred on the pedon)")
+    features = cfg["model"]["features"]
+    if features is not None and (not isinstance(features, list) or not features):
+        raise ConfigError(
+            "`model.features` must be a list of feature groups or names, e.g. "
+            "[s2, terrain, climate]"
+        )
+    _number(cfg, "cv.n_splits", integer=True, low=2)
+    _number(cfg, "cv.block_size_m", low=1e-9, allow=("auto", None))
+    _number(cfg, "cv.eps_m", low=1e-9)
+    _number(cfg, "cv.buffer_m", low=0)
+    _number(cfg, "cv.inner_val_fraction", low=0.05, high=0.5)
+    _number(cfg, "cv.inner_block_size_m", low=1e-9)
+    _number(cfg, "eval.n_boot", integer=True, low=0)
+    _number(cfg, "eval.ci", low=0.5, high=0.999)
+    _number(cfg, "eval.block_size_m", low=1e-9)
+    _number(cfg, "eval.min_region_n", integer=True, low=1)
+    _number(cfg, "eval.domain_points", integer=True, low=100)
+    for path in ("task", "model.name", "cv.name"):
+        section, _, key = path.rpartition(".")
+        value = cfg[section][key] if section else cfg[key]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"`{path}` must be a name, got {value!r}")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.utils._param_validation import InvalidParameterError
 
 from . import __version__
 from .config import config_hash, default_dataset_dir
@@ -303,10 +304,15 @@ def run_benchmark(
                 check_hygiene(f, train, test, fit_pos, val_pos)
                 model = build_model(model_name, config["model"]["params"], task.n_classes, seed)
                 X_fit, y_fit = X.iloc[train[fit_pos]], y[train[fit_pos]]
-                if len(val_pos):
-                    model.fit(X_fit, y_fit, X.iloc[train[val_pos]], y[train[val_pos]])
-                else:
-                    model.fit(X_fit, y_fit)
+                try:
+                    if len(val_pos):
+                        model.fit(X_fit, y_fit, X.iloc[train[val_pos]], y[train[val_pos]])
+                    else:
+                        model.fit(X_fit, y_fit)
+                except InvalidParameterError as exc:  # a bad value in model.params
+                    raise MisoBenchError(
+                        f"model {model_name!r}: {exc} (fix: correct model.params)"
+                    ) from exc
                 proba = model.predict_proba(X.iloc[test])
                 oof[test] = proba
                 fold_metrics = {

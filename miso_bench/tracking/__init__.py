@@ -28,8 +28,13 @@ __all__ = ["Tracker", "default_tracking_uri", "flatten", "serve_ui"]
 
 # mlflow logs database migrations and progress bars we do not want in a CLI's output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _quiet() -> None:
+    """mlflow configures its loggers on import; lower them afterwards."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def default_tracking_uri() -> str:
@@ -65,6 +70,7 @@ class Tracker:
     def __init__(self, experiment: str, uri: str | None = None) -> None:
         import mlflow
 
+        _quiet()
         self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
