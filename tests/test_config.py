@@ -33,7 +33,7 @@ def test_merge_order(tmp_path, monkeypatch):
 
 
 def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):
-    with pytest.raises(ConfigError, match="did you mean `cv.n_splits`"):
+    with pytest.raises(ConfigError, match=r"did you mean `cv\.n_splits`"):
         resolve_config(None, None, ["cv.n_split=3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: {name: rf}\n")
