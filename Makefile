@@ -10,8 +10,8 @@ setup:
 	@./scripts/setup.sh
 
 demo: setup
-	$(BIN)/miso-bench run --model rf --cv spatial --task tax_order
-	$(BIN)/miso-bench run --model rf --cv spatial --task pf1m
+	$(BIN)/miso-bench run --model miso --cv spatial --task pf1m
+	$(BIN)/miso-bench run --model miso --cv spatial --task tax_order
 	@echo "Compare runs in the MLflow dashboard: $(BIN)/miso-bench ui  (then open http://127.0.0.1:5000)"
 
 lint: setup
@@ -28,6 +28,7 @@ test: lint pytest
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_miso.py
 
 clean:
 	rm -rf .miso-bench .pytest_cache .mypy_cache .ruff_cache

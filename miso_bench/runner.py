@@ -13,6 +13,7 @@ are computed, and the parent run is completed once.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -26,10 +27,10 @@ import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
 from . import __version__
-from .config import config_hash, default_dataset_dir
+from .config import config_hash, default_dataset_dir, home_dir
 from .cv import SplitContext, build_splits, fold_diagnostics, inner_validation_split
 from .data.domain import sample_prediction_domain
-from .data.features import feature_table, resolve_feature_columns
+from .data.features import feature_groups, feature_table, resolve_feature_columns
 from .data.info import dataset_fingerprint
 from .data.manifest import DatasetManifest, load_manifest
 from .data.pedons import PedonDataset
@@ -146,7 +147,15 @@ def _inputs(config: dict[str, Any], manifest: DatasetManifest) -> _Inputs:
     )
     kept, _ = PedonDataset(manifest).labelled(task.label)
     entry = MODELS.get(config["model"]["name"])
-    selection = config["model"]["features"] or list(entry.features) or list(manifest.modalities)
+    selection = config["model"]["features"]
+    if not selection:
+        # The model's default inputs; a dataset without those groups (another band set) uses
+        # all its modalities instead (set model.features to choose).
+        available = set(feature_groups(manifest))
+        defaults = list(entry.features)
+        selection = (
+            defaults if defaults and set(defaults) <= available else list(manifest.modalities)
+        )
     columns = resolve_feature_columns(manifest, selection)
     x, y = kept["x"].to_numpy(), kept["y"].to_numpy()
     window = int(config["model"]["window_px"])
@@ -266,6 +275,9 @@ def run_benchmark(
     if block is not None:
         tags["cv_block_size_m"] = f"{float(block):.0f}"
 
+    shared: dict[str, Any] = {}  # data caches reused by chip models across folds
+    model_tags: dict[str, str] = {}
+    ckpt_root = home_dir() / "checkpoints" / chash
     oof = np.full((len(y), task.n_classes), np.nan)
     truth_per_fold: list[dict[str, float]] = []
     resumed: list[int] = []
@@ -303,6 +315,14 @@ def run_benchmark(
                     )
                 check_hygiene(f, train, test, fit_pos, val_pos)
                 model = build_model(model_name, config["model"]["params"], task.n_classes, seed)
+                if hasattr(model, "bind"):  # chip models read their own inputs
+                    # Test coordinates only keep unlabelled chips away from the test area.
+                    model.bind(
+                        manifest,
+                        exclude_xy=coords[test],
+                        checkpoint_dir=ckpt_root / f"fold_{f}",
+                        shared=shared,
+                    )
                 X_fit, y_fit = X.iloc[train[fit_pos]], y[train[fit_pos]]
                 try:
                     if len(val_pos):
@@ -313,6 +333,14 @@ def run_benchmark(
                     raise MisoBenchError(
                         f"model {model_name!r}: {exc} (fix: correct model.params)"
                     ) from exc
+                if hasattr(model, "run_tags"):
+                    model_tags = model.run_tags()
+                    tracker.set_tags(model_tags)
+                for record in getattr(model, "history_", []):
+                    tracker.log_metrics(
+                        {f"train/{k}": v for k, v in record.items() if k != "epoch"},
+                        step=int(record["epoch"]),
+                    )
                 proba = model.predict_proba(X.iloc[test])
                 oof[test] = proba
                 fold_metrics = {
@@ -326,7 +354,8 @@ def run_benchmark(
                     fold_metrics["fold/best_iteration"] = float(model.best_iteration_)
                 truth_metrics: dict[str, float] = {}
                 if inputs.truth is not None and inputs.truth_features is not None:
-                    tproba = model.predict_proba(inputs.truth_features)
+                    predict_many = getattr(model, "predict_points", model.predict_proba)
+                    tproba = predict_many(inputs.truth_features)
                     ty = inputs.truth["target"].to_numpy()
                     truth_metrics = {
                         f"truth/overall/{k}": v
@@ -346,8 +375,12 @@ def run_benchmark(
                     pred.insert(0, "id", table["id"].to_numpy()[test])
                     pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
                     tracker.log_artifact(Path(tmp) / "predictions.parquet")
+            shutil.rmtree(ckpt_root / f"fold_{f}", ignore_errors=True)  # the fold is logged
             if progress:
                 progress(f"fold {f + 1}/{len(splits)}", len(splits))
+
+        if model_tags:  # e.g. the MISO preset and pretrained weights, on the parent run too
+            tracker.set_tags(model_tags)
 
         # --- pooled evaluation ---------------------------------------------------------
         ev = config["eval"]
@@ -503,6 +536,10 @@ _SHOWN = {
 }
 
 
+def _num(value: float) -> str:
+    return f"{value:8.3f}" if np.isfinite(value) else f"{'n/a':>8}"
+
+
 def _ci(row: Any) -> str:
     if np.isnan(row.ci_low):
         return ""
@@ -529,8 +566,8 @@ def format_result(result: RunResult) -> str:
         row = overall.loc[metric]
         truth = result.truth.get(f"truth/overall/{metric}")
         lines.append(
-            f"  {metric:<32}{row.value:8.3f}  {_ci(row):<18}"
-            + (f"{truth:8.3f}" if truth is not None else "")
+            f"  {metric:<32}{_num(row.value)}  {_ci(row):<18}"
+            + (_num(truth) if truth is not None else "")
         )
     for layer in [lay for lay in table["layer"].unique() if lay != "overall"]:
         lines += ["", f"by {layer:<31}{'n':>6}  {primary:>8}  {'95% CI':<18}{'truth':>8}"]
@@ -538,8 +575,8 @@ def format_result(result: RunResult) -> str:
         for row in sub.sort_values("region").itertuples():
             truth = result.truth.get(f"truth/{layer}/{slugify(row.region)}/{primary}")
             lines.append(
-                f"  {row.region!s:<32}{row.n:>6}  {row.value:8.3f}  {_ci(row):<18}"
-                + (f"{truth:8.3f}" if truth is not None else "")
+                f"  {row.region!s:<32}{row.n:>6}  {_num(row.value)}  {_ci(row):<18}"
+                + (_num(truth) if truth is not None else "")
             )
         if layer in result.regional.worst:
             region, value = result.regional.worst[layer]

@@ -33,7 +33,14 @@ from torchgeo.samplers import SpatialSampler
 from .manifest import nodata_in_dtype
 from .rasters import ManifestRaster
 
-__all__ = ["GridSpec", "PedonChipDataset", "PedonSampler", "grid_of"]
+__all__ = [
+    "FootprintCache",
+    "GridSpec",
+    "PedonChipDataset",
+    "PedonSampler",
+    "band_fill",
+    "grid_of",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,12 @@ class GridSpec:
         col = np.floor((np.asarray(x) - self.x0) / self.res).astype(np.int64)
         row = np.floor((self.y0 - np.asarray(y)) / self.res).astype(np.int64)
         return row, col
+
+
+def band_fill(parts: Sequence[ManifestRaster]) -> np.ndarray:
+    """Per-band no-data value as the pixels hold it (float32; NaN when a modality has none)."""
+    values = [nodata_in_dtype(p.spec.nodata, p.spec.dtype) for p in parts for _ in p.bands]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
 
 
 def grid_of(parts: Sequence[ManifestRaster]) -> GridSpec:
@@ -137,7 +150,7 @@ class PedonSampler(SpatialSampler):
         return len(self.x)
 
 
-class _FootprintCache:
+class FootprintCache:
     """Every file footprint of a stack read once into memory (numpy), for fast chipping."""
 
     def __init__(self, stack: GeoDataset, grid: GridSpec, fill: np.ndarray) -> None:
@@ -193,7 +206,8 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
         seed: jitter seed.
         region_columns: columns of ``pedons`` to return under ``regions``.
         preload: read every file footprint once into memory and cut chips from it (fast for
-            training); otherwise each chip is a torchgeo slice query.
+            training), or pass the :attr:`cache` of another dataset of the same stack to share
+            it; otherwise each chip is a torchgeo slice query.
     """
 
     def __init__(
@@ -205,7 +219,7 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
         jitter_px: int = 0,
         seed: int = 0,
         region_columns: Sequence[str] = (),
-        preload: bool = False,
+        preload: bool | FootprintCache = False,
     ) -> None:
         self.stack = stack
         self.parts = list(parts)
@@ -223,20 +237,26 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
         )
         self.band_names = [b for p in self.parts for b in p.bands]
         # No-data as the pixels hold it: float32 files store -3e38 as -3.0000000054977558e38.
-        nodata = [nodata_in_dtype(p.spec.nodata, p.spec.dtype) for p in self.parts for _ in p.bands]
-        self._nodata = np.array([np.nan if v is None else v for v in nodata], dtype=np.float32)
-        self._has_nodata = np.array([v is not None for v in nodata])
+        self._nodata = band_fill(self.parts)
         # Outside every raster, torchgeo's merge writes the file's no-data value, or 0 when a
         # file has none; the footprint test below masks those pixels either way.
-        self._fill = np.where(self._has_nodata, self._nodata, np.nan).astype(np.float32)
+        self._fill = self._nodata
         self._footprint = stack.index.geometry.union_all()
         self._footprint_prep = prep(self._footprint)
-        self._cache = _FootprintCache(stack, self.grid, self._fill) if preload else None
+        if isinstance(preload, FootprintCache):
+            self._cache: FootprintCache | None = preload  # shared between datasets
+        else:
+            self._cache = FootprintCache(stack, self.grid, self._fill) if preload else None
         self.targets = (
             torch.tensor(self.pedons["target"].to_numpy(dtype=np.int64))
             if "target" in self.pedons
             else None
         )
+
+    @property
+    def cache(self) -> FootprintCache | None:
+        """The in-memory footprint cache (``preload``), to share with other datasets."""
+        return self._cache
 
     def __len__(self) -> int:
         """Number of pedons (chips)."""

@@ -38,9 +38,9 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "weighted_recall": "recall averaged with class support as weight",
     "weighted_f1": "F1 averaged with class support as weight",
     "kappa": "Cohen's kappa",
-    "f1_pos": "F1 of the positive class (binary; primary for pf1m)",
-    "precision_pos": "precision of the positive class (binary)",
-    "recall_pos": "recall of the positive class (binary)",
+    "f1_pos": "F1 of the positive class (binary; primary for pf1m; undefined without positives)",
+    "precision_pos": "precision of the positive class (binary; undefined without predictions)",
+    "recall_pos": "recall of the positive class (binary; undefined without positives)",
     "roc_auc": "area under the ROC curve from probabilities (binary)",
     "pr_auc": "average precision from probabilities (binary)",
     "log_loss": "cross-entropy of the predicted probabilities",
@@ -111,9 +111,15 @@ def metrics_from_confusion(cm: np.ndarray, positive: int | None = None) -> dict[
         "support_c": support,
     }
     if positive is not None:
-        out["f1_pos"] = f1[..., positive]
-        out["precision_pos"] = precision[..., positive]
-        out["recall_pos"] = recall[..., positive]
+        # Undefined (NaN), not 0, where the evaluated set has no positive pedon (recall, F1)
+        # or the model predicts none (precision): a region without permafrost has no
+        # permafrost recall.
+        has_pos = support[..., positive] > 0
+        out["f1_pos"] = np.where(has_pos, f1[..., positive], np.nan)
+        out["recall_pos"] = np.where(has_pos, recall[..., positive], np.nan)
+        out["precision_pos"] = np.where(
+            predicted[..., positive] > 0, precision[..., positive], np.nan
+        )
     return out
 
 

@@ -52,9 +52,16 @@ def bootstrap_ci(
     cms = (counts @ block_cm).reshape(n_boot, n_classes, n_classes)
     stats = metrics_from_confusion(cms, positive=positive)
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
-    return {
-        k: (float(np.percentile(stats[k], lo)), float(np.percentile(stats[k], hi))) for k in keys
-    }
+    out = {}
+    for k in keys:
+        values = np.asarray(stats[k], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        out[k] = (
+            (float(np.percentile(values, lo)), float(np.percentile(values, hi)))
+            if values.size
+            else (float("nan"), float("nan"))
+        )
+    return out
 
 
 @dataclass
@@ -168,7 +175,8 @@ def evaluate_by_region(
             rows += rrows
             if sel.sum() >= min_n:
                 value = next(r["value"] for r in rrows if r["metric"] == task.primary_metric)
-                scores.append((value, region))
+                if np.isfinite(value):  # undefined (no positives) is not "worst"
+                    scores.append((value, region))
         if scores:
             value, region = min(scores)
             worst[layer] = (region, value)

@@ -106,3 +106,13 @@ def test_bootstrap_matches_direct_resampling_in_distribution():
     lo, hi = np.percentile(vals, [2.5, 97.5])
     assert ci["accuracy"][0] == pytest.approx(lo, abs=0.02)
     assert ci["accuracy"][1] == pytest.approx(hi, abs=0.02)
+
+
+def test_positive_class_metrics_are_undefined_without_positives():
+    y = np.zeros(50, dtype=int)
+    proba = np.tile([0.3, 0.7], (50, 1))  # predicts permafrost where there is none
+    m = classification_metrics(y, proba, BINARY)
+    assert np.isnan(m["f1_pos"]) and np.isnan(m["recall_pos"])
+    assert m["precision_pos"] == 0.0
+    m = classification_metrics(y, np.tile([0.9, 0.1], (50, 1)), BINARY)
+    assert np.isnan(m["precision_pos"])

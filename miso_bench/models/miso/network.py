@@ -1,0 +1,212 @@
+"""The MISO network: encoders, implicit query decoders, location encoder, fusion and heads.
+
+One encoded chip answers any number of query points: the encoders run once per chip and
+the implicit decoders evaluate each query from the four nearest cells of every stage.
+
+Fusion decoders (``decoder``):
+- ``dual`` (the reference's default): the prediction comes from imagery (and covariates);
+  location acts through its own head and the contrastive losses only;
+- ``naive``: location embedding added to the visual embedding before the head;
+- ``attn``: the location embedding attends over the per-stage query outputs (residual);
+- ``visual_only``: no location branch;
+- ``geo_only``: location alone (no imagery).
+Query modes: ``implicit`` (the INR) or ``center`` (no implicit decoder: every query gets
+the global-average features of the chip, an ablation of the INR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .backbones import ConvEncoder, SwinEncoder
+from .inr import ImplicitQueryDecoder
+from .location import LocationEncoder
+
+__all__ = ["MisoConfig", "MisoNet"]
+
+DECODERS = ("dual", "naive", "attn", "visual_only", "geo_only")
+
+
+@dataclass
+class MisoConfig:
+    """Architecture of a MISO network.
+
+    Attributes:
+        n_outputs: logits per query (1 for binary tasks, K for multi-class).
+        s2_bands, cov_bands: input bands of the two modalities (0 disables covariates).
+        embed_dim, depths, num_heads, window: Swin-V2 of the Sentinel-2 encoder.
+        cov_encoder: ``swin`` (same shape as the Sentinel-2 encoder) or ``cnn``.
+        cov_width: width of the CNN covariate encoder.
+        dim: width of the query embeddings, mappers and heads.
+        fusion: stage fusion of the implicit decoder (``sum`` or ``concat``).
+        decoder: one of ``dual``, ``naive``, ``attn``, ``visual_only``, ``geo_only``.
+        query: ``implicit`` or ``center``.
+        location: ``gridcell`` or ``theory``; n_freq, min_scale: its frequencies.
+        drop_path: stochastic depth of the Swin encoders.
+    """
+
+    n_outputs: int
+    s2_bands: int = 9
+    cov_bands: int = 10
+    embed_dim: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window: int = 4
+    cov_encoder: str = "cnn"
+    cov_width: int = 32
+    dim: int = 128
+    fusion: str = "sum"
+    decoder: str = "dual"
+    query: str = "implicit"
+    location: str = "gridcell"
+    n_freq: int = 32
+    min_scale: float = 5e-4
+    drop_path: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+
+def _mlp(dim: int, out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(dim, dim),
+        nn.GELU(),
+        nn.Linear(dim, dim // 2),
+        nn.GELU(),
+        nn.Linear(dim // 2, out),
+    )
+
+
+def _mapper(dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.LayerNorm(dim))
+
+
+class MisoNet(nn.Module):
+    """The network. ``forward`` returns logits and the embeddings the losses need."""
+
+    def __init__(self, cfg: MisoConfig) -> None:
+        super().__init__()
+        if cfg.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {cfg.decoder!r}; use one of {DECODERS}")
+        if cfg.query not in ("implicit", "center"):
+            raise ValueError(f"unknown query mode {cfg.query!r}; use implicit or center")
+        self.cfg = cfg
+        d = cfg.dim
+        self.uses_images = cfg.decoder != "geo_only"
+        self.uses_location = cfg.decoder != "visual_only"
+        if self.uses_images:
+            self.s2_encoder = SwinEncoder(
+                cfg.s2_bands, cfg.embed_dim, cfg.depths, cfg.num_heads, cfg.window, cfg.drop_path
+            )
+            self.s2_query = ImplicitQueryDecoder(self.s2_encoder.stage_dims, d, fusion=cfg.fusion)
+            self.s2_mapper = _mapper(d)
+            if cfg.cov_bands:
+                if cfg.cov_encoder == "swin":
+                    self.cov_encoder: nn.Module = SwinEncoder(
+                        cfg.cov_bands,
+                        cfg.embed_dim,
+                        cfg.depths,
+                        cfg.num_heads,
+                        cfg.window,
+                        cfg.drop_path,
+                    )
+                elif cfg.cov_encoder == "cnn":
+                    self.cov_encoder = ConvEncoder(cfg.cov_bands, cfg.cov_width)
+                else:
+                    raise ValueError(f"unknown covariate encoder {cfg.cov_encoder!r}")
+                self.cov_query = ImplicitQueryDecoder(
+                    self.cov_encoder.stage_dims, d, fusion=cfg.fusion
+                )
+                self.cov_mapper = _mapper(d)
+            self.visual_mapper = _mapper(d)
+            self.head = _mlp(d, cfg.n_outputs)
+        if self.uses_location:
+            self.location = LocationEncoder(d, cfg.location, cfg.n_freq, cfg.min_scale)
+            self.geo_mapper = _mapper(d)
+            self.geo_head = _mlp(d, cfg.n_outputs)
+        if cfg.decoder == "attn":
+            self.attn = nn.MultiheadAttention(d, num_heads=4, batch_first=True)
+        if cfg.decoder == "naive":
+            self.fuse_mapper = _mapper(d)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the image encoders (their learning rate has a multiplier)."""
+        params: list[nn.Parameter] = []
+        for name in ("s2_encoder", "cov_encoder"):
+            if hasattr(self, name):
+                params += list(getattr(self, name).parameters())
+        return params
+
+    def _query(
+        self,
+        encoder: nn.Module,
+        decoder: ImplicitQueryDecoder,
+        image: torch.Tensor,
+        q: torch.Tensor,
+        exact: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fmaps = encoder(image)
+        if self.cfg.query == "center":
+            # Ablation: no implicit decoder, every query sees the chip-centre features.
+            centre = torch.zeros_like(q)
+            emb = decoder(fmaps, centre, exact)
+            return emb, []
+        stages = decoder.stage_outputs(fmaps, q) if self.cfg.decoder == "attn" else []
+        return decoder(fmaps, q, exact), stages
+
+    def forward(
+        self,
+        s2: torch.Tensor | None,
+        cov: torch.Tensor | None,
+        query_xy: torch.Tensor,
+        loc_xy: torch.Tensor,
+        exact: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Decode queries.
+
+        Args:
+            s2: ``(B, 9, H, W)`` normalised Sentinel-2 chip (None for ``geo_only``).
+            cov: ``(B, 10, H, W)`` normalised covariates (None without covariates).
+            query_xy: ``(B, N, 2)`` query positions in the chip, in [-1, 1].
+            loc_xy: ``(B, N, 2)`` normalised EPSG:3338 positions of the queries.
+            exact: use the straightforward implicit-decoder formulation (tests, benchmarks).
+
+        Returns:
+            ``logits (B, N, n_outputs)`` and, when present, ``geo_logits``, ``s2_emb``,
+            ``cov_emb``, ``visual_emb``, ``geo_emb`` (each ``(B, N, dim)``).
+        """
+        out: dict[str, torch.Tensor] = {}
+        geo = None
+        if self.uses_location:
+            geo = self.location(loc_xy)
+            out["geo_emb"] = geo
+            out["geo_logits"] = self.geo_head(self.geo_mapper(geo))
+        if not self.uses_images:
+            out["logits"] = out["geo_logits"]
+            return out
+        if s2 is None:
+            raise ValueError("this decoder needs the Sentinel-2 chip")
+        s2_emb, stages = self._query(self.s2_encoder, self.s2_query, s2, query_xy, exact)
+        s2_emb = self.s2_mapper(s2_emb)
+        out["s2_emb"] = s2_emb
+        visual = s2_emb
+        if hasattr(self, "cov_encoder"):
+            if cov is None:
+                raise ValueError("this model needs the covariate chip")
+            cov_emb, _ = self._query(self.cov_encoder, self.cov_query, cov, query_xy, exact)
+            cov_emb = self.cov_mapper(cov_emb)
+            out["cov_emb"] = cov_emb
+            visual = visual + cov_emb
+        visual = self.visual_mapper(visual)
+        if self.cfg.decoder == "attn" and geo is not None and stages:
+            b, n, d = visual.shape
+            keys = torch.stack(stages, dim=2).reshape(b * n, len(stages), d)
+            attended, _ = self.attn(geo.reshape(b * n, 1, d), keys, keys)
+            visual = visual + attended.reshape(b, n, d)
+        out["visual_emb"] = visual
+        if self.cfg.decoder == "naive" and geo is not None:
+            out["logits"] = self.head(self.fuse_mapper(visual + 0.1 * geo))
+        else:
+            out["logits"] = self.head(visual)
+        return out

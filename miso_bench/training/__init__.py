@@ -1,0 +1,213 @@
+"""The deep-model training loop. It receives an ``nn.Module`` and never imports ``models/``.
+
+- AdamW with parameter groups: no weight decay on norms and biases, a learning-rate
+  multiplier for the backbone;
+- linear warm-up then cosine decay to ``min_lr_ratio``, stepped per iteration, continuous (no
+  jump at the end of warm-up);
+- gradient clipping; bf16 autocast and channels-last on CUDA;
+- model selection and early stopping on a validation score computed by the caller on the
+  inner validation split (never the test fold);
+- ``best.pt`` and ``last.pt`` checkpoints; an interrupted fit resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["TrainConfig", "TrainResult", "cosine_with_warmup", "fit_module", "param_groups"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: maximum epochs.
+        lr: base learning rate (heads, decoders, mappers).
+        backbone_lr_mult: multiplier of the backbone's learning rate.
+        weight_decay: AdamW decay (not applied to norms and biases).
+        warmup_frac: share of the steps spent warming up linearly.
+        min_lr_ratio: final learning rate as a share of the base.
+        clip_grad: gradient-norm clip (0 = none).
+        patience: epochs without validation improvement before stopping.
+        device: ``cpu`` or ``cuda``.
+        amp: bf16 autocast on CUDA.
+    """
+
+    epochs: int = 10
+    lr: float = 5e-4
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.05
+    clip_grad: float = 1.0
+    patience: int = 4
+    device: str = "cpu"
+    amp: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a fit did: per-epoch history, best epoch and score, whether it resumed."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    resumed_from: int | None = None
+    seconds: float = 0.0
+
+
+def param_groups(
+    module: nn.Module,
+    backbone: Sequence[nn.Parameter],
+    lr: float,
+    backbone_lr_mult: float,
+    weight_decay: float,
+) -> list[dict[str, Any]]:
+    """AdamW groups: (backbone | rest) x (decay | no decay for norms, biases, 1-D params)."""
+    backbone_ids = {id(p) for p in backbone}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for _, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1
+        groups.setdefault((id(p) in backbone_ids, no_decay), []).append(p)
+    out = []
+    for (is_backbone, no_decay), params in groups.items():
+        out.append(
+            {
+                "params": params,
+                "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "name": f"{'backbone' if is_backbone else 'head'}{'_no_decay' if no_decay else ''}",
+            }
+        )
+    return out
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear 0 -> 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fit_module(
+    module: nn.Module,
+    batches: Callable[[int], Iterable[Any]],
+    steps_per_epoch: int,
+    step_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
+    validate: Callable[[nn.Module], float],
+    cfg: TrainConfig,
+    backbone: Sequence[nn.Parameter] = (),
+    checkpoint_dir: str | Path | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``module`` and leave it with the weights of the best validation epoch.
+
+    Args:
+        module: the network (moved to ``cfg.device``).
+        batches: ``epoch -> iterable of batches`` (the caller seeds its order by epoch).
+        steps_per_epoch: batches per epoch (for the schedule).
+        step_loss: ``(module, batch) -> (loss, logged parts)``.
+        validate: ``module -> score`` on the inner validation split (higher is better).
+        cfg: optimisation settings.
+        backbone: parameters that get ``backbone_lr_mult``.
+        checkpoint_dir: where ``best.pt`` and ``last.pt`` go; an existing ``last.pt`` is
+            resumed.
+        log: called after each epoch with its metrics.
+    """
+    start = time.perf_counter()
+    device = torch.device(cfg.device)
+    module.to(device)
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        param_groups(module, backbone, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay), lr=cfg.lr
+    )
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_frac * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, total, warmup, cfg.min_lr_ratio)
+    )
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    first_epoch = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt is not None and (ckpt / "last.pt").is_file():
+        state = torch.load(ckpt / "last.pt", map_location=device, weights_only=True)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch = int(state["epoch"]) + 1
+        result.history = list(state["history"])
+        result.best_epoch = int(state["best_epoch"])
+        result.best_score = float(state["best_score"])
+        result.resumed_from = first_epoch
+        if (ckpt / "best.pt").is_file():
+            best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
+    use_amp = cfg.amp and device.type == "cuda"
+    for epoch in range(first_epoch, cfg.epochs):
+        if epoch - result.best_epoch > cfg.patience and result.best_epoch >= 0:
+            break
+        module.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, parts = step_loss(module, batch)
+            loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            n += 1
+            for k, v in {"loss/total": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        module.eval()
+        with torch.no_grad():
+            score = float(validate(module))
+        record = {
+            "epoch": float(epoch),
+            "val/score": score,
+            "lr": float(scheduler.get_last_lr()[0]),
+            **{k: v / max(n, 1) for k, v in sums.items()},
+        }
+        result.history.append(record)
+        if score > result.best_score:
+            result.best_score, result.best_epoch = score, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            if ckpt is not None:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                torch.save(best_state, ckpt / "best.pt")
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_score": result.best_score,
+                    "config": asdict(cfg),
+                },
+                ckpt / "last.pt",
+            )
+        if log:
+            log(epoch, record)
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,291 @@
+"""MISO: every registry entry trains and predicts; the implicit decoder, location encodings,
+losses, Satlas weight loading and checkpoint resume behave as specified."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from miso_bench.data.pedons import PedonDataset
+from miso_bench.errors import MisoBenchError
+from miso_bench.models import MODELS, build_model
+from miso_bench.models.miso.backbones import SwinEncoder, load_satlas_state_dict
+from miso_bench.models.miso.inr import LocalImplicitQuery, corner_weights
+from miso_bench.models.miso.location import LocationEncoder, Space2Vec, normalize_3338
+from miso_bench.models.miso.losses import MisoLoss, info_nce, supervised_loss
+from miso_bench.training import TrainConfig, cosine_with_warmup, fit_module
+
+CHIP_MODELS = [n for n in MODELS.list() if MODELS.get(n).kind == "chips"]
+
+
+@pytest.fixture(scope="module")
+def pedons(tiny):
+    kept, _ = PedonDataset(tiny).labelled("tax_order")
+    kept = kept.reset_index(drop=True)
+    X = pd.DataFrame({"coord_x": kept["x"], "coord_y": kept["y"]})
+    X.index = kept["id"]
+    return X, kept["target"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHIP_MODELS)
+def test_every_miso_entry_trains_one_step_and_predicts(name, tiny, pedons, shared):
+    X, y = pedons
+    model = build_model(
+        name,
+        {"epochs": 1, "batch_size": 8, "chip_size_px": 32, "preset": "cpu", "device": "cpu"},
+        n_classes=7,
+        seed=0,
+    )
+    model.bind(tiny, exclude_xy=X.iloc[60:70].to_numpy(), shared=shared)
+    model.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32])
+    proba = model.predict_proba(X.iloc[40:50])
+    assert proba.shape == (10, 7) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    many = model.predict_points(X.iloc[40:50])
+    assert many.shape == (10, 7)
+    assert len(model.history_) == 1
+    assert model.run_tags()["miso_preset"] == "cpu"
+    assert model.run_tags()["pretrained_weights"] == "none"
+
+
+def test_binary_miso_predicts_two_columns(tiny, shared):
+    kept, _ = PedonDataset(tiny).labelled("pf1m")
+    X = pd.DataFrame({"coord_x": kept["x"].to_numpy(), "coord_y": kept["y"].to_numpy()})
+    y = kept["target"].to_numpy()
+    model = build_model(
+        "miso",
+        {"epochs": 1, "batch_size": 8, "chip_size_px": 32, "preset": "cpu"},
+        n_classes=2,
+        seed=0,
+    )
+    model.bind(tiny, shared=shared).fit(X.iloc[:16], y[:16], X.iloc[16:24], y[16:24])
+    proba = model.predict_proba(X.iloc[:5])
+    assert proba.shape == (5, 2) and np.allclose(proba.sum(1), 1)
+
+
+# --- the implicit decoder -----------------------------------------------------------------
+def test_query_at_a_cell_centre_reproduces_that_cells_projection():
+    torch.manual_seed(0)
+    fmap = torch.randn(1, 6, 4, 5)
+    query = LocalImplicitQuery(6, (16,), 8)
+    row, col = 2, 3
+    q = torch.tensor([[[(2 * col + 1) / 5 - 1, (2 * row + 1) / 4 - 1]]])
+    out = query(fmap, q)
+    expected = query.rest(query.first(torch.cat([fmap[0, :, row, col], torch.zeros(2)])))
+    torch.testing.assert_close(out[0, 0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bilinear_blending_is_exact():
+    torch.manual_seed(1)
+    fmap = torch.randn(2, 3, 7, 9)
+    q = torch.rand(2, 100, 2) * 2 - 1
+    rows, cols, weights, _ = corner_weights(q, 7, 9)
+    cells = fmap.permute(0, 2, 3, 1)
+    gathered = torch.stack([cells[b][rows[b], cols[b]] for b in range(2)])
+    blended = (gathered * weights[..., None]).sum(-2)
+    reference = torch.nn.functional.grid_sample(
+        fmap, q[:, :, None, :], align_corners=False, padding_mode="border"
+    )[..., 0].permute(0, 2, 1)
+    torch.testing.assert_close(blended, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 100))
+
+
+def test_fast_decoder_equals_the_straightforward_formulation():
+    torch.manual_seed(2)
+    fmap = torch.randn(2, 32, 8, 8)
+    q = torch.rand(2, 500, 2) * 2 - 1
+    query = LocalImplicitQuery(32, (64, 64), 16)
+    torch.testing.assert_close(query(fmap, q), query(fmap, q, exact=True), atol=1e-5, rtol=1e-5)
+
+
+def test_x_axis_is_columns_not_rows():
+    """The reference paired x with row centres; here x moves along columns."""
+    fmap = torch.zeros(1, 1, 4, 4)
+    fmap[0, 0, :, 3] = 1.0  # the east column
+    rows, cols, _, _ = corner_weights(torch.tensor([[[0.75, -0.75]]]), 4, 4)
+    assert (cols[0, 0] == 3).any() and (rows[0, 0] == 0).any()
+
+
+# --- location -------------------------------------------------------------------------------
+def test_location_normalisation_and_encodings():
+    xy = torch.tensor([[-2_199_995.0, 2_400_005.0], [1_500_005.0, 5.0]])
+    torch.testing.assert_close(normalize_3338(xy), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    grid = Space2Vec("gridcell", n_freq=16)
+    theory = Space2Vec("theory", n_freq=16)
+    pts = torch.rand(5, 2) * 2 - 1
+    assert grid(pts).shape == (5, 64) and theory(pts).shape == (5, 96)
+    assert grid.freqs.max() == pytest.approx(1 / 5e-4, rel=1e-4)
+    assert grid.freqs.min() == pytest.approx(0.5, rel=1e-4)
+    assert LocationEncoder(32, "theory", 8)(pts).shape == (5, 32)
+    with pytest.raises(ValueError, match="gridcell or theory"):
+        Space2Vec("nerf")
+
+
+# --- losses -------------------------------------------------------------------------------
+def test_supervised_loss_ignores_pseudo_queries():
+    logits = torch.randn(2, 3, 4)
+    y = torch.tensor([[1, -1, -1], [2, -1, -1]])
+    expected = torch.nn.functional.cross_entropy(logits[:, 0], torch.tensor([1, 2]))
+    torch.testing.assert_close(supervised_loss(logits, y, binary=False), expected)
+    assert supervised_loss(logits, torch.full((2, 3), -1), binary=False) == 0
+    bl = torch.randn(2, 3, 1)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        bl[:, 0, 0], torch.tensor([1.0, 0.0])
+    )
+    torch.testing.assert_close(
+        supervised_loss(bl, torch.tensor([[1, -1, -1], [0, -1, -1]]), binary=True), expected
+    )
+
+
+def test_info_nce_prefers_aligned_pairs():
+    torch.manual_seed(3)
+    a = torch.randn(8, 5, 16)
+    aligned = info_nce(a, a + 0.01 * torch.randn_like(a), 0.1)
+    shuffled = info_nce(a, a[torch.randperm(8)], 0.1)
+    assert aligned < shuffled
+
+
+def test_loss_collection_validates_names_and_uses_available_terms():
+    with pytest.raises(MisoBenchError, match="vg_nce"):
+        MisoLoss(False, {"vg_nce": 0.1})
+    loss = MisoLoss(False, {"geo": 1.0, "sat_cov_nce": 0.1, "visual_geo_nce": 0.1})
+    out = {
+        "logits": torch.randn(4, 3, 7),
+        "geo_logits": torch.randn(4, 3, 7),
+        "s2_emb": torch.randn(4, 3, 8),
+        "cov_emb": torch.randn(4, 3, 8),
+    }
+    total, parts = loss(out, torch.randint(0, 7, (4, 3)))
+    assert set(parts) == {"loss/base", "loss/geo", "loss/sat_cov_nce"}  # no visual/geo embs
+    assert torch.isfinite(total)
+
+
+# --- Satlas weights ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_satlas_format_state_dict_loads_with_strict_checks(tmp_path):
+    from torchgeo.models import swin_v2_b
+
+    reference = swin_v2_b(weights=None)
+    reference.features[0][0] = nn.Conv2d(9, 128, kernel_size=4, stride=4)
+    state = {f"backbone.backbone.{k}": v for k, v in reference.state_dict().items()}
+    path = tmp_path / "satlas.pth"
+    torch.save(state, path)
+    encoder = SwinEncoder(9)  # the paper preset's Swin-V2-B
+    load_satlas_state_dict(encoder, path)
+    torch.testing.assert_close(
+        encoder.swin.features[0][0].weight, reference.features[0][0].weight
+    )  # the 9-band stem is kept
+    small = SwinEncoder(9, embed_dim=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window=4)
+    with pytest.raises(MisoBenchError, match="not a Satlas Swin-V2 state dict"):
+        load_satlas_state_dict(small, path)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(MisoBenchError, match="cannot read"):
+        load_satlas_state_dict(encoder, tmp_path / "junk.pth")
+
+
+# --- training loop --------------------------------------------------------------------------
+def _toy(seed: int):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    y = (X[:, 0] > 0).long()
+
+    def batches(epoch):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, 64, 16):
+            idx = order[i : i + 16]
+            yield X[idx], y[idx]
+
+    def step(module, batch):
+        xb, yb = batch
+        loss = nn.functional.cross_entropy(module(xb), yb)
+        return loss, {}
+
+    def validate(module):
+        return float((module(X).argmax(1) == y).float().mean())
+
+    return net, batches, step, validate
+
+
+def test_checkpoint_resume_gives_the_same_result(tmp_path):
+    cfg = TrainConfig(epochs=5, lr=1e-2, patience=10, warmup_frac=0.2)
+    net, batches, step, validate = _toy(0)
+    fit_module(net, batches, 4, step, validate, cfg)
+    straight = {k: v.clone() for k, v in net.state_dict().items()}
+
+    net2, batches, step, validate = _toy(0)
+
+    def stop_after_two(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_module(
+            net2, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path, log=stop_after_two
+        )
+    net3, batches, step, validate = _toy(123)  # fresh weights: everything comes from disk
+    result = fit_module(net3, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path)
+    assert result.resumed_from == 2
+    for k, v in net3.state_dict().items():
+        torch.testing.assert_close(v, straight[k])
+
+
+def test_schedule_is_continuous_and_warms_up():
+    total, warmup = 100, 10
+    factors = [cosine_with_warmup(s, total, warmup, 0.05) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and max(factors) == pytest.approx(1.0)
+    assert max(abs(a - b) for a, b in zip(factors[:-1], factors[1:], strict=True)) < 0.11
+    assert factors[-1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_unlabelled_chips_never_cover_the_test_fold(tiny, pedons, shared):
+    from scipy.spatial import cKDTree
+
+    X, _ = pedons
+    xy = X.to_numpy()
+    test_xy = xy[::3]
+    model = build_model("miso", {"chip_size_px": 32, "preset": "cpu"}, n_classes=7, seed=0)
+    model.bind(tiny, exclude_xy=test_xy, shared=shared)
+    model._size, model._grid = 32, shared["grid"]
+    centres = model._unlabeled_centres(xy[1::3, 0], xy[1::3, 1], 200, np.random.default_rng(0))
+    assert len(centres) > 0
+    dist, _ = cKDTree(test_xy).query(centres)
+    half_diagonal = 32 * 10.0 / 2 * np.sqrt(2)
+    assert dist.min() > half_diagonal  # no test pedon inside any unlabelled chip
+
+
+@pytest.mark.slow
+def test_miso_runs_under_the_benchmark_runner(tiny_dir, home):
+    from mlflow.tracking import MlflowClient
+
+    from miso_bench.config import resolve_config
+    from miso_bench.runner import run_benchmark
+
+    cfg = resolve_config(
+        None,
+        None,
+        [
+            f"data.path={tiny_dir}",
+            "model.name=miso",
+            "task=pf1m",
+            "cv.n_splits=2",
+            "eval.n_boot=20",
+            "model.params.epochs=1",
+            "model.params.chip_size_px=32",
+            "model.params.batch_size=16",
+            f"tracking.uri=sqlite:///{home}/m.db",
+        ],
+    )
+    result = run_benchmark(cfg, announce=lambda m: None)
+    assert "test/overall/f1_pos" in result.metrics and "truth/overall/f1_pos" in result.metrics
+    run = MlflowClient(result.tracking_uri).get_run(result.run_id)
+    assert run.data.tags["miso_preset"] == "cpu"
+    assert run.data.tags["pretrained_weights"] == "none"
+    assert not (home / "checkpoints").exists() or not any((home / "checkpoints").rglob("*.pt"))
