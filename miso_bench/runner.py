@@ -557,7 +557,7 @@ def format_result(result: RunResult) -> str:
         + (f" ({result.n_dropped} off the rasters dropped)" if result.n_dropped else "")
         + f" | {result.seconds:.0f} s",
         "",
-        f"{'overall':<34}{'value':>8}  {'95% CI':<18}{'truth':>8}",
+        f"{'overall':<34}{'value':>8}  {'95% CI':<18}" + (f"{'truth':>8}" if result.truth else ""),
     ]
     overall = table[table["layer"] == "overall"].set_index("metric")
     for metric in _SHOWN[task.kind]:
@@ -570,7 +570,11 @@ def format_result(result: RunResult) -> str:
             + (_num(truth) if truth is not None else "")
         )
     for layer in [lay for lay in table["layer"].unique() if lay != "overall"]:
-        lines += ["", f"by {layer:<31}{'n':>6}  {primary:>8}  {'95% CI':<18}{'truth':>8}"]
+        lines += [
+            "",
+            f"by {layer:<31}{'n':>6}  {primary:>8}  {'95% CI':<18}"
+            + (f"{'truth':>8}" if result.truth else ""),
+        ]
         sub = table[(table["layer"] == layer) & (table["metric"] == primary)]
         for row in sub.sort_values("region").itertuples():
             truth = result.truth.get(f"truth/{layer}/{slugify(row.region)}/{primary}")

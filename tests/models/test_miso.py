@@ -99,7 +99,7 @@ def test_bilinear_blending_is_exact():
 def test_fast_decoder_equals_the_straightforward_formulation():
     torch.manual_seed(2)
     fmap = torch.randn(2, 32, 8, 8)
-    q = torch.rand(2, 500, 2) * 2 - 1
+    q = torch.rand(2, 500, 2) * 2 - 1  # 2,000 (query, corner) pairs > 64 cells: precomputed
     query = LocalImplicitQuery(32, (64, 64), 16)
     torch.testing.assert_close(query(fmap, q), query(fmap, q, exact=True), atol=1e-5, rtol=1e-5)
 

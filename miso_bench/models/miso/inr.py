@@ -86,12 +86,16 @@ class LocalImplicitQuery(nn.Module):
         """``fmap (B, C, h, w)``, ``q (B, N, 2)`` -> ``(B, N, out_dim)``.
 
         ``exact=True`` runs the straightforward formulation (first layer on every gathered
-        feature); the default precomputes each cell's share of the first layer once.
+        feature); otherwise each cell's share of the first layer is precomputed once, unless
+        the queries are too few for that to pay off.
         """
         _, c, h, w = fmap.shape
         rows, cols, weights, offsets = corner_weights(q, h, w)
         cells = fmap.permute(0, 2, 3, 1)
-        if exact:
+        # Projecting every cell once pays off when queries x 4 corners outnumber the cells
+        # (maps, dense evaluation); for a few training queries on a fine stage, gathering first
+        # is cheaper. Both give the same numbers.
+        if exact or 4 * q.shape[1] < h * w:
             feats = _gather(cells, rows, cols)  # (B, N, 4, C)
             z = self.first(torch.cat([feats, offsets], dim=-1))
         else:
