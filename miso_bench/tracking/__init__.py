@@ -73,7 +73,14 @@ class Tracker:
         _quiet()
         self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        # mlflow exports the URI to the environment; restore the user's own setting so that a
+        # later Tracker in this process resolves its default afresh.
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         self.client = mlflow.tracking.MlflowClient(self.uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
