@@ -60,7 +60,17 @@ def balanced_group_folds(groups: np.ndarray, n_splits: int, rng: np.random.Gener
     return fold_of_group[inv.ravel()]
 
 
-class _FoldCV(BaseCrossValidator):
+class _SplitBased(BaseCrossValidator):
+    """Test indices come from ``split`` (which subclasses define)."""
+
+    def _iter_test_indices(
+        self, X: Any = None, y: Any = None, groups: Any = None
+    ) -> Iterator[np.ndarray]:
+        for _, test in self.split(X, y, groups):
+            yield test
+
+
+class _FoldCV(_SplitBased):
     """Base: subclasses define ``_folds(X, y, groups) -> fold per sample``."""
 
     n_splits: int
@@ -85,12 +95,6 @@ class _FoldCV(BaseCrossValidator):
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of folds."""
         return self.n_splits
-
-    def _iter_test_indices(
-        self, X: Any = None, y: Any = None, groups: Any = None
-    ) -> Iterator[np.ndarray]:
-        for _, test in self.split(X, y, groups):
-            yield test
 
 
 class RandomKFold(_FoldCV):
@@ -204,7 +208,7 @@ class LeaveOneRegionOut(_FoldCV):
         return self.n_splits
 
 
-class BufferedSplitter(BaseCrossValidator):
+class BufferedSplitter(_SplitBased):
     """Any splitter plus an exclusion buffer: training pedons within ``buffer_m`` of a test
     pedon are dropped from that fold's training set.
 
@@ -232,14 +236,8 @@ class BufferedSplitter(BaseCrossValidator):
         """Number of folds of the base splitter."""
         return self.base.get_n_splits(X, y, groups)
 
-    def _iter_test_indices(
-        self, X: Any = None, y: Any = None, groups: Any = None
-    ) -> Iterator[np.ndarray]:
-        for _, test in self.split(X, y, groups):
-            yield test
 
-
-class FileSplit(BaseCrossValidator):
+class FileSplit(_SplitBased):
     """Folds read from a split file in the reference format.
 
     The file is JSON ``{"fold_0": {"train": [ids], "test": [ids]}, ...}``; ``groups`` holds the
@@ -288,12 +286,6 @@ class FileSplit(BaseCrossValidator):
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of folds in the file."""
         return self.n_splits
-
-    def _iter_test_indices(
-        self, X: Any = None, y: Any = None, groups: Any = None
-    ) -> Iterator[np.ndarray]:
-        for _, test in self.split(X, y, groups):
-            yield test
 
 
 def estimate_autocorrelation_range(

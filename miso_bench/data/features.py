@@ -20,7 +20,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest, nodata_in_dtype
+from .manifest import DatasetManifest, nodata_in_dtype, open_raster
 
 __all__ = ["extract_point_features"]
 
@@ -41,16 +41,7 @@ def _file_values(
         indices of the points on the file and their values ``(n_on_file, bands)`` (NaN where
         no-data or, for windows, where no pixel of the window is valid).
     """
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioError as exc:
-        raise DatasetError(
-            path,
-            "(file)",
-            f"unreadable raster: {exc}",
-            "re-export it as GeoTIFF (`miso-bench data check` lists every problem)",
-        ) from exc
-    with src:
+    with open_raster(path) as src:
         if src.count != n_bands:
             raise DatasetError(
                 path,

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from scipy.spatial import cKDTree
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest
+from .manifest import DatasetManifest, open_raster
 from .normalization import compute_band_stats
 from .pedons import PedonDataset
 from .regions import load_regions
@@ -77,16 +76,7 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
         bounds = [np.inf, np.inf, -np.inf, -np.inf]
         pixels = 0
         for path in files:
-            try:
-                src = rasterio.open(path)
-            except rasterio.errors.RasterioError as exc:
-                raise DatasetError(
-                    path,
-                    "(file)",
-                    f"unreadable raster: {exc}",
-                    "run `miso-bench data check` and fix what it reports",
-                ) from exc
-            with src:
+            with open_raster(path) as src:
                 b = src.bounds
                 bounds = [
                     min(bounds[0], b.left),

@@ -10,6 +10,7 @@ at data stored elsewhere.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import ManifestError
+from ..errors import DatasetError, ManifestError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -30,6 +31,7 @@ __all__ = [
     "find_manifest",
     "load_manifest",
     "nodata_in_dtype",
+    "open_raster",
 ]
 
 #: File name of a dataset manifest inside a dataset folder.
@@ -282,6 +284,21 @@ def nodata_in_dtype(value: float | None, dtype: str) -> float | None:
     if np.isnan(value):
         return float("nan")
     return float(np.asarray(value, dtype=np.float64).astype(dtype))
+
+
+def open_raster(path: str | os.PathLike[str]) -> Any:
+    """``rasterio.open`` with a one-line :class:`DatasetError` for unreadable files."""
+    import rasterio
+
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioError as exc:
+        raise DatasetError(
+            path,
+            "(file)",
+            f"unreadable raster: {exc}",
+            "re-export it as GeoTIFF (`miso-bench data check` lists every problem)",
+        ) from exc
 
 
 def find_manifest(path: str | Path) -> Path:
