@@ -24,16 +24,7 @@ from miso_bench.models.miso.network import MisoConfig, MisoNet
 
 def build(preset: str) -> tuple[MisoNet, dict]:
     s = PRESETS[preset]
-    cfg = MisoConfig(
-        n_outputs=7,
-        embed_dim=s["embed_dim"],
-        depths=tuple(s["depths"]),
-        num_heads=tuple(s["num_heads"]),
-        window=s["window"],
-        cov_encoder=s["cov_encoder"],
-        cov_width=s["cov_width"],
-        dim=s["dim"],
-    )
+    cfg = MisoConfig.from_preset(s, n_outputs=7)
     return MisoNet(cfg), s
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..errors import DatasetError
 from .manifest import DatasetManifest, open_raster
 from .normalization import compute_band_stats
 from .pedons import PedonDataset
@@ -65,14 +64,7 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
         "modalities": {},
     }
     for name, spec in manifest.modalities.items():
-        files = manifest.modality_files(name)
-        if not files:
-            raise DatasetError(
-                manifest.resolve(spec.folder),
-                f"modalities.{name}.glob",
-                f"no raster matches `{spec.glob}`",
-                "run `miso-bench data check` and fix what it reports",
-            )
+        files = manifest.modality_files(name, required=True)
         bounds = [np.inf, np.inf, -np.inf, -np.inf]
         pixels = 0
         for path in files:

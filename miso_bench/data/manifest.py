@@ -150,10 +150,18 @@ class DatasetManifest:
         """Absolute path of a file named relative to the dataset root."""
         return (self.root / relative).resolve()
 
-    def modality_files(self, name: str) -> list[Path]:
-        """Sorted raster files of a modality."""
+    def modality_files(self, name: str, required: bool = False) -> list[Path]:
+        """Sorted raster files of a modality (``required``: raise when there is none)."""
         spec = self.modalities[name]
-        return sorted(self.resolve(spec.folder).glob(spec.glob))
+        files = sorted(self.resolve(spec.folder).glob(spec.glob))
+        if required and not files:
+            raise DatasetError(
+                self.resolve(spec.folder),
+                f"modalities.{name}.glob",
+                f"no raster matches `{spec.glob}`",
+                "run `miso-bench data check` and fix what it reports",
+            )
+        return files
 
     @property
     def band_names(self) -> list[str]:

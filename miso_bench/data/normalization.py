@@ -61,14 +61,7 @@ def _sample_band_values(
 ) -> dict[str, list[np.ndarray]]:
     values: dict[str, list[np.ndarray]] = {b: [] for b in manifest.band_names}
     for name, spec in manifest.modalities.items():
-        files = manifest.modality_files(name)
-        if not files:
-            raise DatasetError(
-                manifest.resolve(spec.folder),
-                f"modalities.{name}.glob",
-                f"no raster matches `{spec.glob}`",
-                "run `miso-bench data check` and fix what it reports",
-            )
+        files = manifest.modality_files(name, required=True)
         for path in files:
             try:
                 with rasterio.open(path) as src:

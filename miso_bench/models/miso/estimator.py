@@ -293,17 +293,11 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         torch.manual_seed(self.random_state)
         np.random.seed(self.random_state % 2**32)
         binary = self.n_classes == 2
-        cfg = MisoConfig(
+        cfg = MisoConfig.from_preset(
+            s,
             n_outputs=1 if binary else self.n_classes,
             s2_bands=self._n_s2,
             cov_bands=(len(self._manifest.band_names) - self._n_s2) if self.use_cov else 0,
-            embed_dim=s["embed_dim"],
-            depths=tuple(s["depths"]),
-            num_heads=tuple(s["num_heads"]),
-            window=s["window"],
-            cov_encoder=s["cov_encoder"],
-            cov_width=s["cov_width"],
-            dim=s["dim"],
             decoder=self.decoder,
             query=self.query,
             location=self.location,

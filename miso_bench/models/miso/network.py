@@ -67,6 +67,14 @@ class MisoConfig:
     drop_path: float = 0.1
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_preset(cls, settings: dict, **overrides: object) -> MisoConfig:
+        """A config with the architecture of a preset (see ``estimator.PRESETS``)."""
+        arch = {k: settings[k] for k in ("embed_dim", "window", "cov_encoder", "cov_width", "dim")}
+        arch["depths"] = tuple(settings["depths"])
+        arch["num_heads"] = tuple(settings["num_heads"])
+        return cls(**{**arch, **overrides})
+
 
 def _mlp(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(
