@@ -21,14 +21,12 @@ import time
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
-from miso_bench.config import default_dataset_dir, resolve_config
+from miso_bench.config import resolve_config
 from miso_bench.cv import SplitContext, build_splits
 from miso_bench.data.domain import sample_prediction_domain
 from miso_bench.data.features import feature_table, resolve_feature_columns
-from miso_bench.data.manifest import load_manifest
 from miso_bench.data.pedons import PedonDataset
-from miso_bench.data.synthetic import generate_synthetic_alaska
-from miso_bench.runner import run_benchmark
+from miso_bench.runner import prepare_dataset, run_benchmark
 
 
 def main() -> None:
@@ -38,12 +36,9 @@ def main() -> None:
     parser.add_argument("--cv", default="spatial")
     args = parser.parse_args()
 
-    root = default_dataset_dir(args.preset, 0)
-    if not (root / "dataset.yaml").is_file():
-        t = time.perf_counter()
-        generate_synthetic_alaska(root, preset=args.preset, seed=0)
-        print(f"generated {args.preset} in {time.perf_counter() - t:.1f} s")
-    manifest = load_manifest(root)
+    # The same "generate the synthetic dataset when absent" step as `miso-bench run`.
+    manifest = prepare_dataset(resolve_config(None, None, [f"data.preset={args.preset}"]))
+    root = manifest.root
 
     # --- bare scikit-learn: the same features, the same folds, the same forest -------------
     kept, _ = PedonDataset(manifest).labelled(args.task)

@@ -17,13 +17,13 @@ import numpy as np
 import rasterio
 from rasterio.windows import from_bounds
 
-from miso_bench.config import default_dataset_dir
+from miso_bench.config import resolve_config
 from miso_bench.data.chips import PedonChipDataset
 from miso_bench.data.features import extract_point_features
-from miso_bench.data.manifest import DatasetManifest, load_manifest
+from miso_bench.data.manifest import DatasetManifest
 from miso_bench.data.pedons import PedonDataset
 from miso_bench.data.rasters import open_stack
-from miso_bench.data.synthetic import generate_synthetic_alaska
+from miso_bench.runner import prepare_dataset
 
 
 def naive_chip(
@@ -73,12 +73,8 @@ def main() -> None:
     parser.add_argument("--chip-size", type=int, default=64)
     args = parser.parse_args()
 
-    root = default_dataset_dir(args.preset, 0)
-    if not (root / "dataset.yaml").is_file():
-        t = time.perf_counter()
-        generate_synthetic_alaska(root, preset=args.preset, seed=0)
-        print(f"generated {args.preset} preset in {time.perf_counter() - t:.1f} s -> {root}")
-    manifest = load_manifest(root)
+    # The same "generate the synthetic dataset when absent" step as `miso-bench run`.
+    manifest = prepare_dataset(resolve_config(None, None, [f"data.preset={args.preset}"]))
     pedons = PedonDataset(manifest)
     table = pedons.table
     print(

@@ -40,6 +40,7 @@ __all__ = [
     "PedonSampler",
     "band_fill",
     "grid_of",
+    "valid_pixels",
 ]
 
 
@@ -62,6 +63,13 @@ def band_fill(parts: Sequence[ManifestRaster]) -> np.ndarray:
     """Per-band no-data value as the pixels hold it (float32; NaN when a modality has none)."""
     values = [nodata_in_dtype(p.spec.nodata, p.spec.dtype) for p in parts for _ in p.bands]
     return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+
+
+def valid_pixels(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` bool: not NaN and not the band's no-data value (``fill`` from
+    :func:`band_fill`; NaN there means the band has no no-data value)."""
+    nod = fill[:, None, None]
+    return np.where(np.isnan(nod), True, image != nod) & ~np.isnan(image)
 
 
 def grid_of(parts: Sequence[ManifestRaster]) -> GridSpec:
@@ -285,9 +293,7 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
             )
 
     def _valid(self, image: np.ndarray, xs: slice, ys: slice) -> np.ndarray:
-        nod = self._nodata[:, None, None]
-        valid = np.where(np.isnan(nod), ~np.isnan(image), image != nod)
-        valid &= ~np.isnan(image)
+        valid = valid_pixels(image, self._nodata)
         box = shapely.box(xs.start, ys.start, xs.stop, ys.stop)
         if not self._footprint_prep.covers(box):
             size = image.shape[-1]

@@ -25,7 +25,14 @@ from scipy.spatial import cKDTree
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import f1_score
 
-from ...data.chips import FootprintCache, GridSpec, PedonChipDataset, band_fill, grid_of
+from ...data.chips import (
+    FootprintCache,
+    GridSpec,
+    PedonChipDataset,
+    band_fill,
+    grid_of,
+    valid_pixels,
+)
 from ...data.manifest import DatasetManifest
 from ...data.normalization import Normalizer, compute_band_stats
 from ...data.rasters import open_stack
@@ -490,8 +497,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
                     chip = stack[slice(b[0], b[1], grid.res), slice(b[2], b[3], grid.res)][
                         "image"
                     ].numpy()
-                nod = nodata[:, None, None]
-                valid = np.where(np.isnan(nod), ~np.isnan(chip), chip != nod) & ~np.isnan(chip)
+                valid = valid_pixels(chip, nodata)
                 images.append(torch.from_numpy(np.nan_to_num(chip).astype(np.float32)))
                 valids.append(torch.from_numpy(valid))
                 bounds.append(torch.tensor(b, dtype=torch.float64))
