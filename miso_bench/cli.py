@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,6 +130,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .runner import format_result, run_benchmark
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MisoBenchError(
+            "miso-bench run starts its own worker processes: run it without torchrun and "
+            "set the device count instead, e.g. --set model.params.devices=4"
+        )
     flags: dict = {}
     if args.model:
         flags.setdefault("model", {})["name"] = args.model

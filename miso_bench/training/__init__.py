@@ -7,7 +7,10 @@
 - gradient clipping; bf16 autocast and channels-last on CUDA;
 - model selection and early stopping on a validation score computed by the caller on the
   inner validation split (never the test fold);
-- ``best.pt`` and ``last.pt`` checkpoints; an interrupted fit resumes from ``last.pt``.
+- ``best.pt`` and ``last.pt`` checkpoints; an interrupted fit resumes from ``last.pt``;
+- data parallel on several devices inside a process group (:mod:`.distributed`): the module
+  is wrapped in DDP, rank 0 validates (its score is broadcast so that every rank stops at the
+  same epoch) and writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .distributed import broadcast, shard
 
 __all__ = ["TrainConfig", "TrainResult", "cosine_with_warmup", "fit_module", "param_groups"]
 
@@ -116,7 +122,9 @@ def fit_module(
 
     Args:
         module: the network (moved to ``cfg.device``).
-        batches: ``epoch -> iterable of batches`` (the caller seeds its order by epoch).
+        batches: ``epoch -> iterable of batches`` (the caller seeds its order by epoch). In a
+            process group every rank must yield the same number of batches (its share of
+            each global batch, see :func:`.distributed.shard`).
         steps_per_epoch: batches per epoch (for the schedule).
         step_loss: ``(module, batch) -> (loss, logged parts)``.
         validate: ``module -> score`` on the inner validation split (higher is better).
@@ -131,6 +139,16 @@ def fit_module(
     module.to(device)
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
+    rank, world = shard()
+    trained: nn.Module = module
+    if world > 1:
+        trained = DistributedDataParallel(
+            module,
+            device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # ablations leave some heads out of the loss
+        )
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    writer = ckpt if rank == 0 else None  # rank 0 alone writes checkpoints
     optimizer = torch.optim.AdamW(
         param_groups(module, backbone, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay), lr=cfg.lr
     )
@@ -142,7 +160,6 @@ def fit_module(
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     first_epoch = 0
-    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None and (ckpt / "last.pt").is_file():
         state = torch.load(ckpt / "last.pt", map_location=device, weights_only=True)
         module.load_state_dict(state["model"])
@@ -159,13 +176,13 @@ def fit_module(
     for epoch in range(first_epoch, cfg.epochs):
         if epoch - result.best_epoch > cfg.patience and result.best_epoch >= 0:
             break
-        module.train()
+        trained.train()
         sums: dict[str, float] = {}
         n = 0
         for batch in batches(epoch):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, parts = step_loss(module, batch)
+                loss, parts = step_loss(trained, batch)
             loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(module.parameters(), cfg.clip_grad)
@@ -175,8 +192,11 @@ def fit_module(
             for k, v in {"loss/total": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
         module.eval()
-        with torch.no_grad():
-            score = float(validate(module))
+        score = None
+        if rank == 0:
+            with torch.no_grad():
+                score = float(validate(module))
+        score = float(broadcast(score))
         record = {
             "epoch": float(epoch),
             "val/score": score,
@@ -187,11 +207,11 @@ def fit_module(
         if score > result.best_score:
             result.best_score, result.best_epoch = score, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            if ckpt is not None:
-                ckpt.mkdir(parents=True, exist_ok=True)
-                torch.save(best_state, ckpt / "best.pt")
-        if ckpt is not None:
-            ckpt.mkdir(parents=True, exist_ok=True)
+            if writer is not None:
+                writer.mkdir(parents=True, exist_ok=True)
+                torch.save(best_state, writer / "best.pt")
+        if writer is not None:
+            writer.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {
                     "model": module.state_dict(),
@@ -203,9 +223,9 @@ def fit_module(
                     "best_score": result.best_score,
                     "config": asdict(cfg),
                 },
-                ckpt / "last.pt",
+                writer / "last.pt",
             )
-        if log:
+        if log and rank == 0:
             log(epoch, record)
     if best_state is not None:
         module.load_state_dict(best_state)

@@ -11,7 +11,6 @@ validation split for model selection, and predicts pedons with centred chips
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -33,11 +32,12 @@ from ...data.chips import (
     grid_of,
     valid_pixels,
 )
-from ...data.manifest import DatasetManifest
+from ...data.manifest import DatasetManifest, load_manifest
 from ...data.normalization import Normalizer, compute_band_stats
 from ...data.rasters import open_stack
 from ...errors import MisoBenchError
 from ...training import TrainConfig, fit_module
+from ...training.distributed import device_count, launch, process_group, shard
 from .backbones import find_satlas_weights, load_satlas_state_dict, satlas_normalize
 from .location import normalize_3338
 from .losses import MisoLoss
@@ -109,6 +109,8 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         backbone_lr_mult: learning-rate multiplier of the image encoders.
         class_weighting: ``none`` or ``sqrt_inverse`` class weights.
         device: ``auto``, ``cpu`` or ``cuda``.
+        devices: processes training data-parallel (one per GPU; on CPU, each gets a share
+            of the cores); ``-1`` = every visible GPU. ``batch_size`` is the global batch.
     """
 
     needs_validation = True
@@ -138,6 +140,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         backbone_lr_mult: float = 1.0,
         class_weighting: str = "sqrt_inverse",
         device: str = "auto",
+        devices: int = 1,
     ) -> None:
         self.n_classes = n_classes
         self.random_state = random_state
@@ -162,6 +165,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         self.backbone_lr_mult = backbone_lr_mult
         self.class_weighting = class_weighting
         self.device = device
+        self.devices = devices
 
     # --- data ---------------------------------------------------------------------------
     def bind(
@@ -282,27 +286,17 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         return centres[:n]
 
     # --- fit ----------------------------------------------------------------------------
-    def fit(
-        self,
-        X: pd.DataFrame,
-        y: np.ndarray,
-        X_val: pd.DataFrame | None = None,
-        y_val: np.ndarray | None = None,
-    ) -> MisoModel:
-        """Train on the pedons of ``X`` (coordinates) with labels ``y``; select the best epoch
-        on ``(X_val, y_val)``, the inner validation split of the training fold."""
-        if not hasattr(self, "_shared"):
-            raise MisoBenchError("MisoModel.fit needs the dataset: call bind(manifest) first")
+    def _prepare(self) -> MisoNet:
+        """Resolve the preset and build the network (with Satlas weights when found)."""
         s = self._settings()
         self.settings_ = s
         self._size = int(s["chip_size_px"])
         self._grid: GridSpec = self._shared["grid"]
         torch.manual_seed(self.random_state)
         np.random.seed(self.random_state % 2**32)
-        binary = self.n_classes == 2
         cfg = MisoConfig.from_preset(
             s,
-            n_outputs=1 if binary else self.n_classes,
+            n_outputs=1 if self.n_classes == 2 else self.n_classes,
             s2_bands=self._n_s2,
             cov_bands=(len(self._manifest.band_names) - self._n_s2) if self.use_cov else 0,
             decoder=self.decoder,
@@ -318,6 +312,84 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             if path is not None:
                 load_satlas_state_dict(net.s2_encoder, path)
                 self.pretrained_ = str(path)
+        return net
+
+    def _n_devices(self) -> int:
+        device = self._device()
+        n = device_count(device.type) if self.devices == -1 else int(self.devices)
+        if n < 1:
+            raise MisoBenchError(
+                f"model.params.devices={self.devices}: use 1 or more, or -1 for all devices"
+            )
+        if device.type == "cuda" and n > torch.cuda.device_count():
+            raise MisoBenchError(
+                f"model.params.devices={n} but {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        return n
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        X_val: pd.DataFrame | None = None,
+        y_val: np.ndarray | None = None,
+    ) -> MisoModel:
+        """Train on the pedons of ``X`` (coordinates) with labels ``y``; select the best epoch
+        on ``(X_val, y_val)``, the inner validation split of the training fold.
+
+        With ``devices > 1`` the fit runs data-parallel in that many worker processes
+        (:mod:`miso_bench.training.distributed`) and this process receives rank 0's weights.
+        """
+        if not hasattr(self, "_shared"):
+            raise MisoBenchError("MisoModel.fit needs the dataset: call bind(manifest) first")
+        n = self._n_devices()
+        if n == 1:
+            self._fit_here(X, y, X_val, y_val)
+            return self
+        if int(self._settings()["batch_size"]) < n:
+            raise MisoBenchError(
+                f"batch_size={self._settings()['batch_size']} is smaller than devices={n}; the "
+                "batch is split between devices (fix: raise model.params.batch_size)"
+            )
+        results = launch(
+            _fit_worker,
+            (
+                self.get_params(),
+                str(self._manifest.path),
+                self._exclude,
+                self._checkpoint_dir,
+                X,
+                y,
+                X_val,
+                y_val,
+            ),
+            n,
+        )
+        out = results[0]
+        self.rank_checksums_ = [results[r]["checksum"] for r in sorted(results)]
+        net = self._prepare()
+        net.load_state_dict(out["state"])
+        self.net_: torch.nn.Module = net.to(self._device()).eval()
+        self.history_ = out["history"]
+        self.best_epoch_ = out["best_epoch"]
+        self.resumed_from_ = out["resumed_from"]
+        self.train_seconds_ = out["seconds"]
+        self.world_size_ = n
+        return self
+
+    def _fit_here(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        X_val: pd.DataFrame | None,
+        y_val: np.ndarray | None,
+    ) -> None:
+        """Train in this process (one rank of a process group, or alone)."""
+        net = self._prepare()
+        s = self.settings_
+        rank, world = shard()
+        self.world_size_ = world
+        binary = self.n_classes == 2
         y = np.asarray(y, dtype=np.int64)
         counts = np.bincount(y, minlength=self.n_classes).astype(np.float64)
         weights = None
@@ -337,7 +409,14 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         labelled = self._chip_dataset(x_fit, y_fit, jitter, self.random_state)
         n_unlab = int(round(self.unlabeled_ratio * len(x_fit)))
         bs = int(s["batch_size"])
-        steps = math.ceil((len(x_fit) + n_unlab) / bs)
+        if bs < world:
+            raise MisoBenchError(
+                f"batch_size={bs} is smaller than the {world} devices; the batch is split "
+                "between devices (fix: raise model.params.batch_size or lower devices)"
+            )
+        n_items = len(x_fit) + n_unlab
+        # The global batch is split between ranks; a last batch too small to split is dropped.
+        steps = n_items // bs + (1 if n_items % bs >= world else 0)
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
             rng = np.random.default_rng([self.random_state, epoch])
@@ -350,13 +429,17 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             order = rng.permutation(len(items))
             for start in range(0, len(order), bs):
                 chunk = [items[k] for k in order[start : start + bs]]
+                # Every rank draws the global batch's pseudo queries, then keeps its share.
+                pseudo = self._pseudo_queries(rng, len(chunk))[rank::world]
+                if len(chunk) < world:
+                    break
+                chunk = chunk[rank::world]
                 samples, labels, qs = [], [], []
                 for src, i in chunk:
                     sample = labelled[i] if src == 0 else unl_ds[i]  # type: ignore[index]
                     samples.append(sample)
                     labels.append(int(y[i]) if src == 0 else -1)
                     qs.append(sample["query_xy"].numpy())
-                pseudo = self._pseudo_queries(rng, len(chunk))
                 q = np.concatenate([np.stack(qs)[:, None, :], pseudo], axis=1)
                 lab = np.full(q.shape[:2], -1, dtype=np.int64)
                 lab[:, 0] = labels
@@ -414,7 +497,6 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         self.best_epoch_ = result.best_epoch
         self.resumed_from_ = result.resumed_from
         self.train_seconds_ = result.seconds
-        return self
 
     def run_tags(self) -> dict[str, str]:
         """Tags for the run record: the preset used and the pretrained weights (or none)."""
@@ -422,6 +504,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             "miso_preset": self.settings_["preset"],
             "pretrained_weights": self.pretrained_,
             "device": str(self._device()),
+            "devices": str(getattr(self, "world_size_", 1)),
         }
 
     # --- predict ------------------------------------------------------------------------
@@ -519,4 +602,33 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             probs = self._probs(logits)
             for k, m in enumerate(members):
                 out[m] = probs[k, : len(m)]
+        return out
+
+
+def _fit_worker(
+    params: dict[str, Any],
+    manifest_path: str,
+    exclude_xy: np.ndarray | None,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    X_val: pd.DataFrame | None,
+    y_val: np.ndarray | None,
+) -> dict[str, Any]:
+    """One rank of a data-parallel fit (started by ``training.distributed.launch``)."""
+    model = MisoModel(**{**params, "devices": 1})
+    with process_group(model._device().type) as (rank, _):
+        model.bind(load_manifest(manifest_path), exclude_xy, checkpoint_dir)
+        model._fit_here(X, y, X_val, y_val)
+        net = model.net_
+        checksum = float(sum(p.detach().double().sum() for p in net.parameters()))
+        out: dict[str, Any] = {"rank": rank, "checksum": checksum}
+        if rank == 0:
+            out.update(
+                state={k: v.detach().cpu() for k, v in net.state_dict().items()},
+                history=model.history_,
+                best_epoch=model.best_epoch_,
+                resumed_from=model.resumed_from_,
+                seconds=model.train_seconds_,
+            )
         return out

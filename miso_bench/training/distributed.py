@@ -1,0 +1,89 @@
+"""Data-parallel training on several devices with PyTorch DDP.
+
+Workers are started by torch.distributed's elastic agent, the launcher behind ``torchrun``
+(one process per device on this machine, c10d rendezvous on a free local port). Each worker
+joins a process group (NCCL on GPUs, Gloo on CPU), trains its share of every batch, and
+gradients are averaged by :class:`~torch.nn.parallel.DistributedDataParallel`. Rank 0 alone
+validates, writes checkpoints and returns the weights; the calling process logs to MLflow,
+so tracking never runs in more than one process.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["broadcast", "device_count", "launch", "process_group", "shard"]
+
+
+def shard() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (no-op outside a process group)."""
+    if shard()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def device_count(device_type: str) -> int:
+    """Devices a run may use: visible GPUs for ``cuda``, CPU cores for ``cpu``."""
+    if device_type == "cuda":
+        return torch.cuda.device_count()
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[tuple[int, int]]:
+    """Join the process group the launcher set up (``RANK``/``WORLD_SIZE`` environment).
+
+    Selects this rank's GPU (NCCL) or splits the CPU threads between ranks (Gloo), and
+    leaves the group on exit.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        backend = "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> dict[int, Any]:
+    """Run ``fn(*args)`` in ``nprocs`` worker processes, as ``torchrun --nproc-per-node``
+    would, and return each rank's result.
+
+    ``fn`` must be importable (a module-level function) and ``args`` picklable.
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nprocs,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    return dict(elastic_launch(config, fn)(*args))
