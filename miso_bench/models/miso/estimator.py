@@ -56,11 +56,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dim": 128,
         "cov_encoder": "cnn",
         "cov_width": 32,
-        "chip_size_px": 64,
+        "chip_size_px": 32,
         "batch_size": 32,
-        "epochs": 6,
+        "epochs": 10,
         "lr": 5e-4,
-        "patience": 3,
+        "patience": 5,
+        "unlabeled_ratio": 0.1,
     },
     "paper": {
         "embed_dim": 128,
@@ -75,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 40,
         "lr": 5e-5,
         "patience": 11,
+        "unlabeled_ratio": 0.5,
     },
 }
 
@@ -102,7 +104,8 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         aux: auxiliary losses and weights (``geo``, ``sat_cov_nce``, ``visual_geo_nce``).
         temperature: InfoNCE temperature.
         pretrained: ``auto`` (Satlas weights when found locally), ``none``, or a file path.
-        unlabeled_ratio: extra unlabelled chips per labelled chip (contrastive terms only).
+        unlabeled_ratio: extra unlabelled chips per labelled chip (contrastive terms only;
+            ``None`` = the preset's: 0.5 as in the reference for ``paper``, 0.1 for ``cpu``).
         n_random_queries, grid_queries: pseudo queries per chip (random; grid side).
         jitter_frac: chip jitter as a share of the chip size (training only).
         epochs, batch_size, lr, patience, chip_size_px: override the preset.
@@ -128,7 +131,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         aux: dict[str, float] | None = None,
         temperature: float = 0.1,
         pretrained: str = "auto",
-        unlabeled_ratio: float = 0.25,
+        unlabeled_ratio: float | None = None,
         n_random_queries: int = 8,
         grid_queries: int = 3,
         jitter_frac: float = 0.25,
@@ -215,7 +218,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
     def _settings(self) -> dict[str, Any]:
         preset = resolve_preset(self.preset)
         s = dict(PRESETS[preset])
-        for key in ("epochs", "batch_size", "lr", "patience", "chip_size_px"):
+        for key in ("epochs", "batch_size", "lr", "patience", "chip_size_px", "unlabeled_ratio"):
             if getattr(self, key) is not None:
                 s[key] = getattr(self, key)
         s["preset"] = preset
@@ -407,7 +410,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         x_fit, y_fit = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
         jitter = min(int(self.jitter_frac * self._size), (self._size - 1) // 2)
         labelled = self._chip_dataset(x_fit, y_fit, jitter, self.random_state)
-        n_unlab = int(round(self.unlabeled_ratio * len(x_fit)))
+        n_unlab = int(round(float(s["unlabeled_ratio"]) * len(x_fit)))
         bs = int(s["batch_size"])
         if bs < world:
             raise MisoBenchError(
