@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import MisoBenchError
+
 __all__ = ["broadcast", "device_count", "launch", "process_group", "shard"]
 
 
@@ -71,8 +73,13 @@ def launch(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> dict[i
     """Run ``fn(*args)`` in ``nprocs`` worker processes, as ``torchrun --nproc-per-node``
     would, and return each rank's result.
 
-    ``fn`` must be importable (a module-level function) and ``args`` picklable.
+    ``fn`` must be importable (a module-level function) and ``args`` picklable. A
+    :class:`~miso_bench.errors.MisoBenchError` raised in a worker is raised here with its
+    message (the other workers are stopped); Ctrl-C stops the workers and raises
+    ``KeyboardInterrupt`` here, so the caller's interruption handling applies.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
@@ -86,4 +93,29 @@ def launch(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> dict[i
         monitor_interval=0.1,
         start_method="spawn",
     )
-    return dict(elastic_launch(config, fn)(*args))
+    try:
+        return dict(elastic_launch(config, fn)(*args))
+    except SignalException as exc:
+        raise KeyboardInterrupt from exc
+    except ChildFailedError as exc:
+        user_error = _user_error(exc)
+        if user_error is None:
+            raise
+        raise MisoBenchError(user_error) from None
+
+
+def _user_error(exc: Any) -> str | None:
+    """The message of a :class:`MisoBenchError` that made a worker fail, if that was it."""
+    names = {MisoBenchError.__name__}
+    todo = [MisoBenchError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            names.add(sub.__name__)
+            todo.append(sub)
+    for failure in exc.failures.values():
+        message = failure.message
+        text = message.get("message", "") if isinstance(message, dict) else str(message)
+        name, _, rest = text.partition(": ")
+        if name.rsplit(".", 1)[-1] in names:
+            return rest
+    return None

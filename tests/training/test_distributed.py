@@ -86,3 +86,13 @@ def test_too_small_a_batch_for_the_devices_is_a_clear_error(tiny):
     X = pd.DataFrame({"coord_x": [0.0], "coord_y": [0.0]})
     with pytest.raises(MisoBenchError, match="batch_size=2"):
         model.bind(tiny).fit(X, np.array([0]))
+
+
+def _failing_worker(message: str) -> None:
+    raise MisoBenchError(message)
+
+
+@pytest.mark.slow
+def test_a_user_error_in_a_worker_is_raised_with_its_message():
+    with pytest.raises(MisoBenchError, match=r"^pedons\.gpkg: field `x`: fix it$"):
+        launch(_failing_worker, ("pedons.gpkg: field `x`: fix it",), 2)
