@@ -289,8 +289,9 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         return centres[:n]
 
     # --- fit ----------------------------------------------------------------------------
-    def _prepare(self) -> MisoNet:
-        """Resolve the preset and build the network (with Satlas weights when found)."""
+    def _prepare(self, load_weights: bool = True) -> MisoNet:
+        """Resolve the preset and build the network (with Satlas weights when found, unless
+        ``load_weights`` is false because trained weights replace them)."""
         s = self._settings()
         self.settings_ = s
         self._size = int(s["chip_size_px"])
@@ -310,7 +311,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         self.config_ = asdict(cfg)
         net = MisoNet(cfg)
         self.pretrained_ = "none"
-        if self.pretrained != "none" and net.uses_images:
+        if load_weights and self.pretrained != "none" and net.uses_images:
             path = find_satlas_weights(None if self.pretrained == "auto" else self.pretrained)
             if path is not None:
                 load_satlas_state_dict(net.s2_encoder, path)
@@ -349,9 +350,10 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         if n == 1:
             self._fit_here(X, y, X_val, y_val)
             return self
-        if int(self._settings()["batch_size"]) < n:
+        bs = int(self._settings()["batch_size"])
+        if bs < n:
             raise MisoBenchError(
-                f"batch_size={self._settings()['batch_size']} is smaller than devices={n}; the "
+                f"batch_size={bs} is smaller than devices={n}; the "
                 "batch is split between devices (fix: raise model.params.batch_size)"
             )
         results = launch(
@@ -370,8 +372,9 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         )
         out = results[0]
         self.rank_checksums_ = [results[r]["checksum"] for r in sorted(results)]
-        net = self._prepare()
+        net = self._prepare(load_weights=False)  # rank 0's trained weights replace them
         net.load_state_dict(out["state"])
+        self.pretrained_ = out["pretrained"]
         self.net_: torch.nn.Module = net.to(self._device()).eval()
         self.history_ = out["history"]
         self.best_epoch_ = out["best_epoch"]
@@ -630,6 +633,7 @@ def _fit_worker(
             out.update(
                 state={k: v.detach().cpu() for k, v in net.state_dict().items()},
                 history=model.history_,
+                pretrained=model.pretrained_,
                 best_epoch=model.best_epoch_,
                 resumed_from=model.resumed_from_,
                 seconds=model.train_seconds_,
