@@ -1,3 +1,20 @@
-"""miso-bench."""
+"""miso-bench: an experiment-tracked benchmark suite for fine-scale permafrost and
+soil-taxonomy mapping.
 
-__version__ = "0.1.0"
+The package stays light to import; :func:`load_model` (a trained run's model, ready to
+predict) is loaded on first use.
+"""
+
+from typing import Any
+
+from .version import __version__
+
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from .inference import load_model
+
+        return load_model
+    raise AttributeError(f"module 'miso_bench' has no attribute {name!r}")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import __version__
 from .config import DEFAULT_PRESET, DEFAULT_SEED, default_dataset_dir
 from .errors import MisoBenchError
+from .version import __version__
 
 __all__ = ["main"]
 
@@ -124,6 +127,52 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_progress(desc: str) -> Any:
+    """A :class:`~miso_bench.runner.RunProgress` drawn with tqdm: setup steps, then one bar
+    over the fits (folds and the final refit) with each deep model's epochs and scores."""
+    from tqdm import tqdm
+
+    from .runner import RunProgress
+
+    class Bar(RunProgress):
+        def __init__(self) -> None:
+            self.bar = tqdm(desc=desc, total=None, bar_format="{desc}{postfix}", unit="fit")
+            self.current = ""
+
+        def step(self, message: str) -> None:
+            self.bar.set_postfix_str(message)
+
+        def folds(self, total: int, done: int) -> None:
+            self.bar.bar_format = None  # the default bar from now on
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+
+        def fold_started(self, name: str) -> None:
+            self.current = name
+            self.bar.set_postfix_str(f"{name}: fitting")
+
+        def fold_finished(self, name: str, resumed: bool = False) -> None:
+            self.bar.set_postfix_str(f"{name}: {'resumed' if resumed else 'done'}")
+            self.bar.update(1)
+
+        def epoch(self, name: str, epoch: int, record: dict[str, float]) -> None:
+            total = int(record.get("epochs", 0))
+            text = f"{name}: epoch {epoch + 1}" + (f"/{total}" if total else "")
+            text += f", loss {record.get('loss/total', float('nan')):.3f}"
+            if "val/score" in record:
+                text += f", val {record['val/score']:.3f}"
+            self.bar.set_postfix_str(text)
+
+        def warn(self, message: str) -> None:
+            tqdm.write(f"warning: {message}")
+
+        def close(self) -> None:
+            self.bar.close()
+
+    return Bar()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -144,25 +193,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flags["task"] = args.task
     if args.seed is not None:
         flags["seed"] = args.seed
+    if args.refit is not None:
+        flags["refit"] = args.refit
     if args.data:
         flags.setdefault("data", {})["path"] = args.data
     if args.tracking_uri:
         flags.setdefault("tracking", {})["uri"] = args.tracking_uri
     config = resolve_config(args.config, flags, args.set or [])
     _validate_names(config)
-    with tqdm(
-        desc=f"{config['model']['name']} / {config['cv']['name']} / {config['task']}",
-        unit="fold",
-        total=None,
-    ) as bar:
-
-        def progress(message: str, n_folds: int) -> None:
-            bar.total = n_folds
-            bar.set_postfix_str(message)
-            if message != "done":
-                bar.update(1)
-
-        result = run_benchmark(config, progress=progress, announce=tqdm.write)
+    bar = _run_progress(f"{config['model']['name']} / {config['cv']['name']} / {config['task']}")
+    try:
+        result = run_benchmark(config, progress=bar, announce=tqdm.write)
+    finally:
+        bar.close()
     print(format_result(result))
     return 0
 
@@ -312,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=_non_negative, help="run seed [default: 0]")
     run.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after cross-validation, refit the model on every labelled pedon and log it "
+        "(load it with miso_bench.load_model(RUN_ID)) [default: --refit]",
+    )
+    run.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under $MISO_BENCH_HOME]",
     )
@@ -338,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, batch schedulers) ends a command like Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``miso-bench`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
@@ -345,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return int(exc.code or 0)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except MisoBenchError as exc:
@@ -359,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dataset is regenerated, a run resumes from its finished folds)"
         )
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

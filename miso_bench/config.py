@@ -48,10 +48,12 @@ DEFAULT_SEED = 0
 DEFAULTS: dict[str, Any] = {
     "task": "tax_order",
     "seed": 0,
+    "refit": True,  # after CV, refit the model on every labelled pedon and log it
     "data": {
         "path": None,  # a dataset folder; None = the embedded synthetic default
         "preset": DEFAULT_PRESET,  # synthetic preset used when path is None
         "seed": DEFAULT_SEED,  # synthetic seed used when path is None
+        "cache_mb": 1024.0,  # chip models: memory of the raster block cache
     },
     "model": {
         "name": "rf",
@@ -82,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "tracking": {
         "uri": None,  # MLflow tracking URI; None = $MLFLOW_TRACKING_URI or local SQLite
         "experiment": None,  # None = "<dataset>/<task>"
+        "log_models": True,  # log every fold's model (and the final one) to MLflow
     },
 }
 _FREE_FORM = {"model.params"}
@@ -131,13 +134,10 @@ def _check_keys(
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on ``base``; nested mappings (``model.params`` included) merge key by key."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if (
-            isinstance(value, Mapping)
-            and isinstance(out.get(key), dict)
-            and f"{key}" not in _FREE_FORM
-        ):
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -269,6 +269,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _number(cfg, "eval.block_size_m", low=1e-9)
     _number(cfg, "eval.min_region_n", integer=True, low=1)
     _number(cfg, "eval.domain_points", integer=True, low=100)
+    _number(cfg, "data.cache_mb", low=16)
+    for path in ("refit", "eval.truth", "tracking.log_models"):
+        section, _, key = path.rpartition(".")
+        value = cfg[section][key] if section else cfg[key]
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{path}` must be true or false, got {value!r}")
     for path in ("task", "model.name", "cv.name"):
         section, _, key = path.rpartition(".")
         value = cfg[section][key] if section else cfg[key]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DatasetError", "ManifestError", "MisoBenchError"]
+__all__ = ["DatasetError", "ManifestError", "MisoBenchError", "MisoBenchWarning", "warn"]
 
 
 class MisoBenchError(Exception):
@@ -39,3 +39,25 @@ class DatasetError(MisoBenchError):
     def __init__(self, file: str | os.PathLike[str], field: str, problem: str, fix: str) -> None:
         self.file, self.field, self.problem, self.fix = str(file), field, problem, fix
         super().__init__(f"{file}: {field}: {problem} (fix: {fix})")
+
+
+class MisoBenchWarning(UserWarning):
+    """Something changed a result without failing: a fallback, an adjusted setting, dropped
+    values. The runner records each on the run (tag ``warning.<key>``) and prints it once.
+
+    Args:
+        key: short identifier (``cv_autocorrelation_fallback``).
+        message: what happened and what to do about it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{message}")
+
+
+def warn(key: str, message: str) -> None:
+    """Emit a :class:`MisoBenchWarning` (the runner turns it into a run tag)."""
+    import warnings
+
+    warnings.warn(MisoBenchWarning(key, message), stacklevel=2)

@@ -1,54 +1,93 @@
-"""One benchmark run: data -> folds -> fit/predict per fold -> evaluate -> track.
+"""One benchmark run: data -> folds -> fit/predict per fold -> evaluate -> track -> refit.
 
-The runner owns the fold loop and its hygiene: a model's ``fit`` receives only rows of the
-outer training fold; models that need validation get an inner spatial split carved from that
-training fold; every fold is checked before fitting (:class:`HygieneError`). Results are
-pooled out-of-fold predictions, evaluated overall and by region with blocked-bootstrap CIs,
-and on synthetic data also against the dense truth sample (the true map accuracy).
+A short composition of the engine's parts (:mod:`miso_bench.engine`): the run's inputs are
+built once, each outer fold goes through :func:`~miso_bench.engine.fit_predict_fold` (with its
+hygiene guard), out-of-fold predictions are pooled and evaluated overall and by region with
+blocked-bootstrap CIs (and against the dense truth sample on synthetic data), and everything
+is logged to MLflow: a parent run, a nested run per fold holding that fold's model, and (with
+``refit``, the default) a nested ``final`` run holding a model refit on every labelled pedon.
 
-An interrupted run (Ctrl-C, crash) ends KILLED/FAILED in MLflow; rerunning the same command
-(same resolved config) resumes it: finished folds are read back from their runs, the others
-are computed, and the parent run is completed once.
+An interrupted run (Ctrl-C, SIGTERM, a crash, a killed process) resumes when the same command
+runs again with the same config, data and code: finished folds are read back (their
+predictions matched by pedon id), the rest computed, and the same parent run completed. A run
+still running in a live process is never taken over.
+
+Fallbacks and adjustments that change a result without failing (an inner split shrinking its
+blocks, an autocorrelation range falling back, metrics undefined on a region) are printed once
+and recorded as ``warning.<key>`` tags.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.utils._param_validation import InvalidParameterError
 
-from . import __version__
 from .config import config_hash, default_dataset_dir, home_dir
-from .cv import SplitContext, build_splits, fold_diagnostics, inner_validation_split
+from .cv import SplitContext, build_splits, fold_diagnostics
 from .data.domain import sample_prediction_domain
-from .data.features import feature_groups, feature_table, resolve_feature_columns
-from .data.info import dataset_fingerprint
 from .data.manifest import DatasetManifest, load_manifest
-from .data.pedons import PedonDataset
-from .data.regions import load_regions
-from .errors import MisoBenchError
+from .engine import (
+    FoldResult,
+    HygieneError,
+    RunInputs,
+    build_inputs,
+    fit_predict_fold,
+    model_record,
+    plan_fold,
+    pooled_evaluation,
+    truth_metrics,
+)
+from .errors import MisoBenchWarning
 from .evaluation import plots
-from .evaluation.metrics import classification_metrics
-from .evaluation.regional import RegionalResult, confusion_of, evaluate_by_region
-from .evaluation.tasks import Task, resolve_task
-from .models import MODELS, build_model
+from .evaluation.regional import RegionalResult, confusion_of
+from .evaluation.tasks import Task
+from .models import save_fitted
+from .provenance import code_version, git_commit
 from .registry import slugify
-from .tracking import Tracker
+from .tracking import Heartbeat, Tracker
+from .version import __version__
 
-__all__ = ["HygieneError", "RunResult", "format_result", "prepare_dataset", "run_benchmark"]
+__all__ = [
+    "HygieneError",
+    "RunProgress",
+    "RunResult",
+    "format_result",
+    "prepare_dataset",
+    "run_benchmark",
+]
 
 
-class HygieneError(RuntimeError):
-    """A test-fold pedon was about to reach ``fit`` (training or validation data)."""
+class RunProgress:
+    """Receives a run's progress; the CLI draws it, the default ignores it."""
+
+    def step(self, message: str) -> None:
+        """A setup step started (reading pedons, features, building folds...)."""
+
+    def folds(self, total: int, done: int) -> None:
+        """The number of fits the run will make (folds, plus the final refit), and how many
+        are already finished (resumed)."""
+
+    def fold_started(self, name: str) -> None:
+        """A fit started."""
+
+    def fold_finished(self, name: str, resumed: bool = False) -> None:
+        """A fit finished (or was read back from an interrupted run)."""
+
+    def epoch(self, name: str, epoch: int, record: dict[str, float]) -> None:
+        """A deep model finished an epoch (record: losses, ``val/score``, ``epochs``)."""
+
+    def warn(self, message: str) -> None:
+        """A fallback or adjustment to tell the user about once."""
 
 
 @dataclass
@@ -68,6 +107,10 @@ class RunResult:
         n_pedons: pedons evaluated; n_dropped: labelled pedons dropped (outside the rasters).
         seconds: wall time.
         resumed_folds: folds read back from an interrupted earlier run.
+        final_run_id: the nested run holding the model refit on every pedon (or None).
+        fold_run_ids: fold -> nested run id (each holds that fold's model).
+        warnings: ``key -> message`` of every fallback recorded on the run.
+        metric_crs: the CRS distances were measured in.
     """
 
     run_id: str
@@ -83,32 +126,11 @@ class RunResult:
     n_dropped: int
     seconds: float
     resumed_folds: list[int] = field(default_factory=list)
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=5,
-            check=False,
-        )
-        commit = out.stdout.strip()
-        if out.returncode == 0 and commit:
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()
-            return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
+    final_run_id: str | None = None
+    fold_run_ids: dict[int, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
+    metric_crs: str = ""
+    dataset_crs: str = ""
 
 
 def prepare_dataset(
@@ -127,299 +149,297 @@ def prepare_dataset(
     return load_manifest(target)
 
 
-@dataclass
-class _Inputs:
-    manifest: DatasetManifest
-    task: Task
-    table: pd.DataFrame  # pedons kept: id, x, y, target, region columns
-    X: pd.DataFrame  # model features, index = pedon id
-    regions: dict[str, np.ndarray]
-    truth: pd.DataFrame | None
-    truth_features: pd.DataFrame | None
-    truth_regions: dict[str, np.ndarray]
-    n_dropped: int
-    feature_columns: list[str]
+class _Warnings:
+    """Collects :class:`MisoBenchWarning` s, tells each once and tags them on the run."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        self.progress = progress
+        self.seen: dict[str, str] = {}
+        self.repeats: dict[str, int] = {}
+        self._records: list[warnings.WarningMessage] = []
+        self._ctx = warnings.catch_warnings(record=True)
+
+    def __enter__(self) -> _Warnings:
+        records = self._ctx.__enter__()
+        assert records is not None  # record=True always returns the log list
+        self._records = records
+        warnings.simplefilter("always", MisoBenchWarning)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.collect()
+        self._ctx.__exit__(*exc)  # type: ignore[arg-type]
+
+    def add(self, key: str, message: str) -> None:
+        """Record a warning; the first of each key is told, repeats are counted."""
+        if key in self.seen:
+            self.repeats[key] = self.repeats.get(key, 1) + 1
+            return
+        self.seen[key] = message
+        self.progress.warn(message)
+
+    def collect(self) -> None:
+        """Move newly caught warnings into :attr:`seen` (other warnings are re-emitted)."""
+        records, self._records[:] = list(self._records), []
+        for record in records:
+            if isinstance(record.message, MisoBenchWarning):
+                self.add(record.message.key, record.message.message)
+            else:
+                warnings.showwarning(
+                    record.message, record.category, record.filename, record.lineno
+                )
+
+    def tag(self, tracker: Tracker, run_id: str) -> None:
+        self.collect()
+        if self.seen:
+            tracker.set_tags(run_id, {f"warning.{k}": v for k, v in self.messages().items()})
+
+    def messages(self) -> dict[str, str]:
+        """Each key's first message, with how often it came up when more than once."""
+        return {
+            k: v + (f" [{self.repeats[k]} times in this run]" if k in self.repeats else "")
+            for k, v in self.seen.items()
+        }
 
 
-def _inputs(config: dict[str, Any], manifest: DatasetManifest) -> _Inputs:
-    task = resolve_task(
-        str(config["task"]), {n: s.classes for n, s in manifest.pedons.labels.items()}
-    )
-    kept, _ = PedonDataset(manifest).labelled(task.label)
-    entry = MODELS.get(config["model"]["name"])
-    selection = config["model"]["features"]
-    if not selection:
-        # The model's default inputs; a dataset without those groups (another band set) uses
-        # all its modalities instead (set model.features to choose).
-        available = set(feature_groups(manifest))
-        defaults = list(entry.features)
-        selection = (
-            defaults if defaults and set(defaults) <= available else list(manifest.modalities)
+def _splits(
+    config: dict[str, Any], inputs: RunInputs, seed: int
+) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], Any]:
+    manifest = inputs.manifest
+    domain = sample_prediction_domain(manifest, int(config["eval"]["domain_points"]), seed)
+    domain_m = inputs.frame.to_metric(domain[:, 0], domain[:, 1]) if len(domain) else domain
+    ctx = SplitContext(inputs.xy_m, inputs.y, inputs.ids, inputs.regions, domain_m, seed)
+    splitter, splits = build_splits(config["cv"]["name"], config["cv"], ctx)
+    diag = fold_diagnostics(inputs.xy_m, inputs.y, splits, domain_m, inputs.task.class_names)
+    return splitter, splits, diag
+
+
+def _read_back(
+    tracker: Tracker, run_id: str, test_ids: np.ndarray, task: Task
+) -> np.ndarray | None:
+    """A finished fold's predictions, matched to ``test_ids`` by pedon id (None when its
+    pedons are not exactly those)."""
+    pred = pd.read_parquet(tracker.download(run_id, "predictions.parquet"))
+    if len(pred) != len(test_ids) or set(pred["id"].tolist()) != set(test_ids.tolist()):
+        return None
+    columns = [f"p/{c}" for c in task.class_names]
+    return pred.set_index("id").loc[test_ids, columns].to_numpy()
+
+
+def _log_fold(
+    tracker: Tracker,
+    fold_id: str,
+    result: FoldResult,
+    inputs: RunInputs,
+    config: dict[str, Any],
+    truth: dict[str, float],
+) -> list[str]:
+    """Metrics, history, predictions and the model of one fold; the NaN metrics left out."""
+    task = inputs.task
+    for record in result.history:
+        tracker.log_metrics(
+            fold_id,
+            {f"train/{k}": v for k, v in record.items() if k not in ("epoch", "epochs")},
+            step=int(record["epoch"]),
         )
-    columns = resolve_feature_columns(manifest, selection)
-    x, y = kept["x"].to_numpy(), kept["y"].to_numpy()
-    window = int(config["model"]["window_px"])
-    feats = feature_table(manifest, x, y, window_px=window)
-    # Every model is evaluated on the same pedons: those with raster data under them.
-    on_raster = feats[manifest.band_names].notna().any(axis=1).to_numpy()
-    n_dropped = int((~on_raster).sum())
-    kept = kept.loc[on_raster].reset_index(drop=True)
-    feats = feats.loc[on_raster].reset_index(drop=True)
-    if len(kept) < 10:
-        raise MisoBenchError(
-            f"only {len(kept)} labelled pedons lie on the rasters for task "
-            f"{task.name}; check the dataset with `miso-bench data check`"
-        )
-    layers = load_regions(manifest)
-    regions = {
-        name: layer.assign(kept["x"].to_numpy(), kept["y"].to_numpy())
-        for name, layer in layers.items()
-    }
-    X = feats[columns].copy()
-    X.index = pd.Index(kept["id"].to_numpy(), name="id")
-    truth = truth_X = None
-    truth_regions: dict[str, np.ndarray] = {}
-    if (
-        config["eval"]["truth"]
-        and manifest.truth_file
-        and manifest.resolve(manifest.truth_file).is_file()
-    ):
-        truth = pd.read_parquet(manifest.resolve(manifest.truth_file))
-        if task.label in truth.columns:
-            lookup = {c: i for i, c in enumerate(task.classes)}
-            truth = truth[truth[task.label].map(lambda v: v in lookup)].reset_index(drop=True)
-            truth["target"] = truth[task.label].map(lookup).astype(np.int64)
-            tx, ty = truth["x_3338"].to_numpy(), truth["y_3338"].to_numpy()
-            tfeats = feature_table(manifest, tx, ty, window_px=window)
-            truth_X = tfeats[columns]
-            truth_regions = {name: layer.assign(tx, ty) for name, layer in layers.items()}
-        else:
-            truth = None
-    return _Inputs(
-        manifest, task, kept, X, regions, truth, truth_X, truth_regions, n_dropped, columns
-    )
-
-
-def check_hygiene(
-    fold: int, train: np.ndarray, test: np.ndarray, fit: np.ndarray, val: np.ndarray
-) -> None:
-    """Refuse a fold whose fit or validation rows touch its test rows."""
-    train_set = set(train.tolist())
-    test_set = set(test.tolist())
-    if train_set & test_set:
-        raise HygieneError(
-            f"fold {fold}: {len(train_set & test_set)} pedons are in both the "
-            "training and the test fold"
-        )
-    used = set(train[fit].tolist()) | set(train[val].tolist())
-    if used & test_set or not used <= train_set:
-        raise HygieneError(f"fold {fold}: test pedons would reach fit or early stopping")
-
-
-def _fold_tags(fold: int, n: int) -> dict[str, str]:
-    return {"fold": str(fold), "run_level": "fold", "n_folds": str(n)}
+    dropped = tracker.log_metrics(fold_id, {**result.metrics, **truth})
+    with tempfile.TemporaryDirectory() as tmp:
+        if len(result.spec.test):
+            pred = pd.DataFrame(result.proba, columns=[f"p/{c}" for c in task.class_names])
+            pred.insert(0, "id", result.test_ids)
+            pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
+            tracker.log_artifact(fold_id, Path(tmp) / "predictions.parquet")
+        if config["tracking"]["log_models"]:
+            folder = save_fitted(
+                result.model, Path(tmp) / "model", model_record(inputs, config, result.spec.name)
+            )
+            tracker.log_folder(fold_id, folder, "model")
+    return dropped
 
 
 def run_benchmark(
     config: dict[str, Any],
-    progress: Callable[[str, int], None] | None = None,
+    progress: RunProgress | None = None,
     announce: Callable[[str], None] = print,
 ) -> RunResult:
     """Run one benchmark as configured and log it to MLflow.
 
     Args:
         config: a resolved config (see :func:`miso_bench.config.resolve_config`).
-        progress: called with a short message and the number of folds as each fold
-            finishes.
+        progress: receives setup steps, fold and epoch progress and warnings.
         announce: where to print one-off notices.
+
+    Raises:
+        RunInProgressError: the same run is running in a live process.
+        HygieneError: a test pedon would reach a fit (a defect).
     """
     start = time.perf_counter()
-    manifest = prepare_dataset(config, announce)
-    inputs = _inputs(config, manifest)
-    task, table, X = inputs.task, inputs.table, inputs.X
-    seed = int(config["seed"])
-    model_name = config["model"]["name"]
-    entry = MODELS.get(model_name)
-    coords = table[["x", "y"]].to_numpy()
-    y = table["target"].to_numpy()
-    domain = sample_prediction_domain(manifest, int(config["eval"]["domain_points"]), seed)
-    ctx = SplitContext(coords, y, table["id"].to_numpy(), inputs.regions, domain, seed)
-    splitter, splits = build_splits(config["cv"]["name"], config["cv"], ctx)
-    diag = fold_diagnostics(coords, y, splits, domain, task.class_names)
-    folds = np.full(len(y), -1)
-    for f, (_, test) in enumerate(splits):
-        folds[test] = f
+    reporter = progress or RunProgress()
+    with _Warnings(reporter) as caught:
+        reporter.step("preparing the dataset")
+        manifest = prepare_dataset(config, announce)
+        inputs = build_inputs(config, manifest, reporter.step)
+        seed = int(config["seed"])
+        task = inputs.task
+        reporter.step(f"building {config['cv']['name']} folds")
+        splitter, splits, diag = _splits(config, inputs, seed)
+        caught.collect()
+        n = len(inputs.table)
+        folds = np.full(n, -1)
+        for f, (_, test) in enumerate(splits):
+            folds[test] = f
 
-    fingerprint = dataset_fingerprint(manifest)
-    chash = config_hash({"config": config, "dataset": fingerprint})
-    experiment = config["tracking"]["experiment"] or f"{manifest.name}/{task.name}"
-    tracker = Tracker(experiment, config["tracking"]["uri"])
-    resumable = tracker.find_resumable(chash)
-    tags = {
-        "model": model_name,
-        "cv": config["cv"]["name"],
-        "task": task.name,
-        "seed": str(seed),
-        "dataset": manifest.name,
-        "dataset_fingerprint": fingerprint,
-        "git_commit": _git_commit(),
-        "config_hash": chash,
-        "version": __version__,
-        "run_level": "parent",
-        "n_folds": str(len(splits)),
-        "features": ",".join(inputs.feature_columns),
-    }
-    block = getattr(splitter, "block_size_m", None)
-    if block is None and hasattr(splitter, "base"):
-        block = getattr(splitter.base, "block_size_m", None)
-    if block is not None:
-        tags["cv_block_size_m"] = f"{float(block):.0f}"
+        code = code_version()
+        chash = config_hash({"config": config, "dataset": inputs.fingerprint, "code": code})
+        experiment = config["tracking"]["experiment"] or f"{manifest.name}/{task.name}"
+        tracker = Tracker(experiment, config["tracking"]["uri"])
+        resumable = tracker.find_resumable(chash)
+        model_name = inputs.model
+        tags = {
+            "model": model_name,
+            "cv": config["cv"]["name"],
+            "task": task.name,
+            "seed": str(seed),
+            "dataset": manifest.name,
+            "dataset_fingerprint": inputs.fingerprint,
+            "dataset_crs": manifest.crs,
+            "distance_crs": inputs.frame.metric_crs,
+            "git_commit": git_commit(),
+            "code_version": code,
+            "config_hash": chash,
+            "version": __version__,
+            "run_level": "parent",
+            "n_folds": str(len(splits)),
+            "features": ",".join(inputs.feature_columns),
+        }
+        block = getattr(splitter, "block_size_m", None)
+        if block is None and hasattr(splitter, "base"):
+            block = getattr(splitter.base, "block_size_m", None)
+        if block is not None:
+            tags["cv_block_size_m"] = f"{float(block):.0f}"
 
-    shared: dict[str, Any] = {}  # data caches reused by chip models across folds
-    model_tags: dict[str, str] = {}
-    ckpt_root = home_dir() / "checkpoints" / chash
-    oof = np.full((len(y), task.n_classes), np.nan)
-    truth_per_fold: list[dict[str, float]] = []
-    resumed: list[int] = []
-    parent_id = resumable[0] if resumable else None
-    done = resumable[1] if resumable else {}
-    run_name = f"{model_name}-{config['cv']['name']}-{task.name}"
-    with tracker.run(run_name, tags=tags, run_id=parent_id) as run_id:
-        if not parent_id:  # a resumed run already holds its params and config
-            tracker.log_params(config)
-            tracker.log_yaml(config, "config.yaml")
-        for f, (train, test) in enumerate(splits):
-            if f in done:
-                pred = pd.read_parquet(tracker.download(done[f], "predictions.parquet"))
-                oof[test] = pred.loc[:, [f"p/{c}" for c in task.class_names]].to_numpy()
-                truth_per_fold.append(
-                    {
-                        k: v
-                        for k, v in tracker.run_metrics(done[f]).items()
-                        if k.startswith("truth/")
-                    }
-                )
-                resumed.append(f)
-                if progress:
-                    progress(f"fold {f + 1}/{len(splits)} (resumed)", len(splits))
-                continue
-            with tracker.run(f"fold_{f}", tags=_fold_tags(f, len(splits)), nested=True):
-                fit_pos, val_pos = np.arange(len(train)), np.array([], dtype=np.int64)
-                if getattr(entry.cls, "needs_validation", False):
-                    fit_pos, val_pos = inner_validation_split(
-                        coords[train],
-                        y[train],
-                        float(config["cv"]["inner_block_size_m"]),
-                        seed + f,
-                        float(config["cv"]["inner_val_fraction"]),
+        refit = bool(config["refit"])
+        parent_id = resumable[0] if resumable else None
+        done = resumable[1] if resumable else {}
+        n_fits = len(splits) + int(refit)
+        reporter.folds(n_fits, sum(1 for k in done if k != "final" or refit))
+        ckpt_root = home_dir() / "checkpoints" / chash
+        oof = np.full((n, task.n_classes), np.nan)
+        truth_per_fold: list[dict[str, float]] = []
+        resumed: list[int] = []
+        fold_runs: dict[int, str] = {}
+        model_tags: dict[str, str] = {}
+        dropped: list[str] = []
+        run_name = f"{model_name}-{config['cv']['name']}-{task.name}-seed{seed}"
+        with (
+            tracker.run(run_name, tags=tags, run_id=parent_id) as run_id,
+            Heartbeat(tracker, run_id),
+        ):
+            if not parent_id:  # a resumed run already holds its params and config
+                tracker.log_params(run_id, config)
+                tracker.log_yaml(run_id, config, "config.yaml")
+            caught.tag(tracker, run_id)
+            for f, (train, test) in enumerate(splits):
+                name = f"fold_{f}"
+                ids = inputs.ids[test]
+                back = _read_back(tracker, done[str(f)], ids, task) if str(f) in done else None
+                if back is not None:
+                    oof[test] = back
+                    truth_per_fold.append(
+                        {
+                            k: v
+                            for k, v in tracker.run_metrics(done[str(f)]).items()
+                            if k.startswith("truth/")
+                        }
                     )
-                check_hygiene(f, train, test, fit_pos, val_pos)
-                model = build_model(model_name, config["model"]["params"], task.n_classes, seed)
-                if hasattr(model, "bind"):  # chip models read their own inputs
-                    # Test coordinates only keep unlabelled chips away from the test area.
-                    model.bind(
-                        manifest,
-                        exclude_xy=coords[test],
-                        checkpoint_dir=ckpt_root / f"fold_{f}",
-                        shared=shared,
+                    resumed.append(f)
+                    fold_runs[f] = done[str(f)]
+                    reporter.fold_finished(name, resumed=True)
+                    continue
+                reporter.fold_started(name)
+                spec = plan_fold(name, inputs, train, test, config["cv"], seed + f)
+                fold_tags = {"fold": str(f), "run_level": "fold", "n_folds": str(len(splits))}
+                with tracker.run(name, tags=fold_tags, parent_id=run_id) as fold_id:
+                    result = fit_predict_fold(
+                        inputs,
+                        spec,
+                        config["model"]["params"],
+                        seed,
+                        checkpoint_dir=ckpt_root / name,
+                        on_epoch=partial(reporter.epoch, name),
                     )
-                X_fit, y_fit = X.iloc[train[fit_pos]], y[train[fit_pos]]
-                try:
-                    if len(val_pos):
-                        model.fit(X_fit, y_fit, X.iloc[train[val_pos]], y[train[val_pos]])
-                    else:
-                        model.fit(X_fit, y_fit)
-                except InvalidParameterError as exc:  # a bad value in model.params
-                    raise MisoBenchError(
-                        f"model {model_name!r}: {exc} (fix: correct model.params)"
-                    ) from exc
-                if hasattr(model, "run_tags"):
-                    model_tags = model.run_tags()
-                    tracker.set_tags(model_tags)
-                for record in getattr(model, "history_", []):
-                    tracker.log_metrics(
-                        {f"train/{k}": v for k, v in record.items() if k != "epoch"},
-                        step=int(record["epoch"]),
-                    )
-                proba = model.predict_proba(X.iloc[test])
-                oof[test] = proba
-                fold_metrics = {
-                    f"test/overall/{k}": v
-                    for k, v in classification_metrics(y[test], proba, task).items()
-                }
-                fold_metrics["fold/n_train"] = float(len(fit_pos))
-                fold_metrics["fold/n_val"] = float(len(val_pos))
-                fold_metrics["fold/n_test"] = float(len(test))
-                if hasattr(model, "best_iteration_"):
-                    fold_metrics["fold/best_iteration"] = float(model.best_iteration_)
-                truth_metrics: dict[str, float] = {}
-                if inputs.truth is not None and inputs.truth_features is not None:
-                    predict_many = getattr(model, "predict_points", model.predict_proba)
-                    tproba = predict_many(inputs.truth_features)
-                    ty = inputs.truth["target"].to_numpy()
-                    truth_metrics = {
-                        f"truth/overall/{k}": v
-                        for k, v in classification_metrics(ty, tproba, task).items()
-                    }
-                    for layer, names in inputs.truth_regions.items():
-                        for region in sorted(set(names)):
-                            sel = names == region
-                            m = classification_metrics(ty[sel], tproba[sel], task)
-                            truth_metrics[
-                                f"truth/{layer}/{slugify(region)}/{task.primary_metric}"
-                            ] = m[task.primary_metric]
-                tracker.log_metrics({**fold_metrics, **truth_metrics})
-                truth_per_fold.append(truth_metrics)
-                with tempfile.TemporaryDirectory() as tmp:
-                    pred = pd.DataFrame(proba, columns=[f"p/{c}" for c in task.class_names])
-                    pred.insert(0, "id", table["id"].to_numpy()[test])
-                    pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
-                    tracker.log_artifact(Path(tmp) / "predictions.parquet")
-            shutil.rmtree(ckpt_root / f"fold_{f}", ignore_errors=True)  # the fold is logged
-            if progress:
-                progress(f"fold {f + 1}/{len(splits)}", len(splits))
+                    if hasattr(result.model, "run_tags"):
+                        model_tags = result.model.run_tags()
+                        tracker.set_tags(fold_id, model_tags)
+                    truth = truth_metrics(result.model, inputs)
+                    dropped += _log_fold(tracker, fold_id, result, inputs, config, truth)
+                oof[test] = result.proba
+                truth_per_fold.append(truth)
+                fold_runs[f] = fold_id
+                shutil.rmtree(ckpt_root / name, ignore_errors=True)  # the fold is logged
+                caught.tag(tracker, run_id)
+                reporter.fold_finished(name)
 
-        if model_tags:  # e.g. the MISO preset and pretrained weights, on the parent run too
-            tracker.set_tags(model_tags)
+            if model_tags:  # e.g. the MISO preset and pretrained weights, on the parent too
+                tracker.set_tags(run_id, model_tags)
 
-        # --- pooled evaluation ---------------------------------------------------------
-        ev = config["eval"]
-        tested = folds >= 0
-        regional = evaluate_by_region(
-            y[tested],
-            oof[tested],
-            task,
-            coords[tested, 0],
-            coords[tested, 1],
-            {k: v[tested] for k, v in inputs.regions.items()},
-            block_size_m=float(ev["block_size_m"]),
-            n_boot=int(ev["n_boot"]),
-            ci=float(ev["ci"]),
-            seed=seed,
-            min_n=int(ev["min_region_n"]),
-        )
-        metrics = regional.flat("test")
-        truth_mean: dict[str, float] = {}
-        if truth_per_fold and any(truth_per_fold):
-            keys = sorted(set().union(*truth_per_fold))
-            for k in keys:
-                vals = [d[k] for d in truth_per_fold if k in d and np.isfinite(d[k])]
-                if vals:
-                    truth_mean[k] = float(np.mean(vals))
+            # --- pooled evaluation ---------------------------------------------------------
+            reporter.step("evaluating")
+            tested = folds >= 0
+            regional = pooled_evaluation(inputs, oof, tested, config["eval"], seed)
+            metrics = regional.flat("test")
+            truth_mean = _mean_truth(truth_per_fold)
             primary = task.primary_metric
             if f"truth/overall/{primary}" in truth_mean:
                 metrics[f"optimism/{primary}"] = (
                     metrics[f"test/overall/{primary}"] - truth_mean[f"truth/overall/{primary}"]
                 )
-        metrics.update(truth_mean)
-        metrics.update(diag.summary())
-        metrics["data/n_pedons"] = float(len(y))
-        metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)
-        metrics["time/seconds"] = time.perf_counter() - start
-        tracker.log_metrics(metrics)
-        _log_artifacts(tracker, inputs, regional, oof, folds, diag, truth_mean, run_name)
-    if progress:
-        progress("done", len(splits))
+            metrics.update(truth_mean)
+            metrics.update(diag.summary())
+            metrics["data/n_pedons"] = float(n)
+            metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)
+            _log_artifacts(
+                tracker, run_id, inputs, regional, oof, folds, diag, truth_mean, run_name
+            )
+
+            # --- the final model, refit on every labelled pedon ----------------------------
+            final_id = done.get("final") if refit else None
+            if refit and final_id is None:
+                reporter.fold_started("final")
+                everything = np.arange(n)
+                spec = plan_fold("final", inputs, everything, np.array([], int), config["cv"], seed)
+                with tracker.run(
+                    "final", tags={"fold": "final", "run_level": "final"}, parent_id=run_id
+                ) as final_id:
+                    result = fit_predict_fold(
+                        inputs,
+                        spec,
+                        config["model"]["params"],
+                        seed,
+                        checkpoint_dir=ckpt_root / "final",
+                        on_epoch=partial(reporter.epoch, "final"),
+                    )
+                    if hasattr(result.model, "run_tags"):
+                        tracker.set_tags(final_id, result.model.run_tags())
+                    _log_fold(tracker, final_id, result, inputs, config, {})
+                shutil.rmtree(ckpt_root / "final", ignore_errors=True)
+                reporter.fold_finished("final")
+            elif refit:
+                reporter.fold_finished("final", resumed=True)
+            if final_id:
+                tracker.set_tags(run_id, {"final_model_run": final_id})
+            metrics["time/seconds"] = time.perf_counter() - start
+            dropped += tracker.log_metrics(run_id, metrics)
+            if dropped:
+                undefined = sorted(set(dropped))
+                caught.add(
+                    "nan_metrics",
+                    f"{len(undefined)} metrics are undefined (NaN: e.g. {undefined[0]}, a "
+                    "positive-class metric where a region has no positives) and were not "
+                    "logged to MLflow; metrics_by_region.csv keeps them",
+                )
+            caught.tag(tracker, run_id)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
     return RunResult(
         run_id,
         experiment,
@@ -430,16 +450,34 @@ def run_benchmark(
         regional,
         truth_mean,
         folds,
-        len(y),
+        n,
         inputs.n_dropped,
         time.perf_counter() - start,
         resumed,
+        final_id,
+        fold_runs,
+        caught.messages(),
+        inputs.frame.metric_crs,
+        manifest.crs,
     )
+
+
+def _mean_truth(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Truth metrics averaged over the fold models (keys where every value is finite)."""
+    out: dict[str, float] = {}
+    if not per_fold or not any(per_fold):
+        return out
+    for k in sorted(set().union(*per_fold)):
+        vals = [d[k] for d in per_fold if k in d and np.isfinite(d[k])]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out
 
 
 def _log_artifacts(
     tracker: Tracker,
-    inputs: _Inputs,
+    run_id: str,
+    inputs: RunInputs,
     regional: RegionalResult,
     oof: np.ndarray,
     folds: np.ndarray,
@@ -477,15 +515,18 @@ def _log_artifacts(
             "fold_diagnostics.csv",
             "folds.gpkg",
         ):
-            tracker.log_artifact(tmp / name)
+            tracker.log_artifact(run_id, tmp / name)
     tested = folds >= 0
+    xy_m = inputs.xy_m
     figs = {
         "confusion_matrix.png": plots.confusion_figure(
             confusion_of(table["target"].to_numpy()[tested], oof[tested], task),
             task.class_names,
             f"{title}: pooled out-of-fold",
         ),
-        "fold_map.png": plots.fold_map_figure(table["x"], table["y"], folds, f"{title}: folds"),
+        "fold_map.png": plots.fold_map_figure(
+            xy_m[:, 0], xy_m[:, 1], folds, f"{title}: folds", inputs.frame.metric_crs
+        ),
         "nn_distance_ecdf.png": plots.ecdf_figure(diag.gij, diag.gj_star, diag.gj, diag.w, title),
     }
     for layer in inputs.regions:
@@ -509,7 +550,7 @@ def _log_artifacts(
             cv_vals, truth_vals, primary, f"{title}: CV estimate vs truth"
         )
     for name, fig in figs.items():
-        tracker.log_figure(fig, name)
+        tracker.log_figure(run_id, fig, name)
         plt.close(fig)
 
 
@@ -589,6 +630,18 @@ def format_result(result: RunResult) -> str:
         "",
         f"MLflow: experiment '{result.experiment}', run {result.run_id} ({result.tracking_uri})",
     ]
+    if result.final_run_id:
+        lines.append(
+            f"final model (refit on all {result.n_pedons:,} pedons): "
+            f"miso_bench.load_model('{result.run_id}')"
+        )
+    if result.metric_crs and result.metric_crs != result.dataset_crs:
+        lines.append(
+            f"the dataset is in {result.dataset_crs}; distances (folds, buffers, CI blocks) "
+            f"were measured in {result.metric_crs}"
+        )
     if result.resumed_folds:
         lines.append(f"resumed folds {result.resumed_folds} from the interrupted run")
+    for key, message in result.warnings.items():
+        lines.append(f"warning ({key}): {message}")
     return "\n".join(lines)

@@ -51,3 +51,21 @@ def eberg_dir() -> Path:
             "shared/realdata)"
         )
     return REPO / "datasets" / "eberg"
+
+
+@pytest.fixture(scope="session")
+def tiny_geographic_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset in longitude/latitude (EPSG:4326, 0.0001 degree pixels)."""
+    from tests.helpers import reproject_dataset
+
+    return reproject_dataset(
+        tiny_dir, tmp_path_factory.mktemp("geographic") / "tiny4326", "EPSG:4326", 1e-4
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_nan_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset with Sentinel-2 as float32 and NaN no-data."""
+    from tests.helpers import nan_nodata_copy
+
+    return nan_nodata_copy(tiny_dir, tmp_path_factory.mktemp("nan") / "tinynan")

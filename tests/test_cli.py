@@ -1,6 +1,7 @@
 """The CLI, called in-process as a user would call it."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -152,9 +153,50 @@ def test_ui_serves_the_dashboard_on_localhost(home, tmp_path):
             except OSError:
                 time.sleep(1)
         assert status == 200
+        server = _children(proc.pid)
+        assert server, "mlflow server runs as a child process"
+        proc.send_signal(signal.SIGTERM)  # what `kill` and batch schedulers send
+        assert proc.wait(timeout=60) == 0
+        for pid in server:  # the server and its workers stopped with the CLI
+            assert not _alive(pid), pid
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(2)
+            s.connect(("127.0.0.1", port))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    """Every process started by ``pid``, recursively (from /proc)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_synth_argument_mistakes(tmp_path, capsys):

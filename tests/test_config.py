@@ -32,6 +32,24 @@ def test_merge_order(tmp_path, monkeypatch):
     assert cfg["eval"] == DEFAULTS["eval"]
 
 
+def test_nested_model_parameters_merge_in_every_layer(tmp_path, monkeypatch):
+    from miso_bench.models import build_model
+    from miso_bench.models.miso.losses import merged_aux
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "miso.yaml").write_text("model: {params: {aux: {geo: 0.5}}}\n")
+    monkeypatch.setenv("MISO_BENCH_CONFIGS", str(tmp_path))
+    cfg = resolve_config(None, {"model": {"name": "miso"}}, ["model.params.aux.visual_geo_nce=0.2"])
+    assert cfg["model"]["params"] == {"aux": {"geo": 0.5, "visual_geo_nce": 0.2}}
+    model = build_model("miso", cfg["model"]["params"], n_classes=2, seed=0)
+    assert merged_aux(model.aux) == {"geo": 0.5, "sat_cov_nce": 0.1, "visual_geo_nce": 0.2}
+
+
+def test_the_model_layer_is_documented_where_it_lives():
+    assert (CONFIGS / "models" / "README.md").is_file()
+
+
 def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"did you mean `cv\.n_splits`"):
         resolve_config(None, None, ["cv.n_split=3"])

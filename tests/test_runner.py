@@ -1,15 +1,28 @@
-"""The runner: hygiene guard, MLflow round trip, resume after interruption."""
+"""The runner: hygiene, MLflow round trip, saved models, resume after every kind of
+interruption, warnings made visible, and datasets in other CRSs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+import miso_bench.runner as runner_module
+from miso_bench import load_model
 from miso_bench.config import resolve_config
 from miso_bench.models import MODELS, register_model
 from miso_bench.models.trees import MajorityModel
-from miso_bench.runner import HygieneError, check_hygiene, run_benchmark
+from miso_bench.runner import RunProgress, run_benchmark
+from miso_bench.tracking import RunInProgressError
 
+REPO = Path(__file__).resolve().parents[1]
 SEEN: dict[str, list] = {"fit": [], "val": []}
 
 
@@ -33,20 +46,26 @@ def spy():
     MODELS.unregister("spy")
 
 
-def config(tiny_dir, home, **sets):
-    overrides = [f"data.path={tiny_dir}", "eval.n_boot=50", f"tracking.uri=sqlite:///{home}/t.db"]
+def config(data_dir, home, **sets):
+    overrides = [f"data.path={data_dir}", "eval.n_boot=50", f"tracking.uri=sqlite:///{home}/t.db"]
     overrides += [f"{k}={v}" for k, v in sets.items()]
     return resolve_config(None, None, overrides)
 
 
+def quiet(cfg):
+    return run_benchmark(cfg, announce=lambda m: None)
+
+
+def oof_of(result) -> pd.DataFrame:
+    client = MlflowClient(result.tracking_uri)
+    path = client.download_artifacts(result.run_id, "oof_predictions.parquet")
+    return pd.read_parquet(path).set_index("id")
+
+
 def test_test_fold_never_reaches_fit_or_early_stopping(tiny_dir, home, spy):
-    cfg = config(tiny_dir, home, **{"model.name": "spy", "cv.name": "spatial"})
-    result = run_benchmark(cfg, announce=lambda m: None)
-    oof = pd.read_parquet(
-        MlflowClient(result.tracking_uri).download_artifacts(
-            result.run_id, "oof_predictions.parquet"
-        )
-    )
+    cfg = config(tiny_dir, home, **{"model.name": "spy", "cv.name": "spatial", "refit": False})
+    result = quiet(cfg)
+    oof = oof_of(result).reset_index()
     assert len(SEEN["fit"]) == int(result.metrics["cv/n_folds"])
     for f, (fit_ids, val_ids) in enumerate(zip(SEEN["fit"], SEEN["val"], strict=True)):
         test_ids = set(oof.loc[oof["fold"] == f, "id"])
@@ -54,25 +73,13 @@ def test_test_fold_never_reaches_fit_or_early_stopping(tiny_dir, home, spy):
         assert val_ids and not fit_ids & val_ids  # an inner validation split was carved out
 
 
-def test_hygiene_check_refuses_overlaps():
-    train, test = np.array([0, 1, 2, 3]), np.array([4, 5])
-    check_hygiene(0, train, test, np.array([0, 1]), np.array([2, 3]))
-    with pytest.raises(HygieneError):
-        check_hygiene(0, np.array([0, 1, 4]), test, np.array([0, 1, 2]), np.array([]))
-
-
-def test_mlflow_round_trip(tiny_dir, home):
+def test_mlflow_round_trip_with_saved_models(tiny_dir, home):
     cfg = config(
         tiny_dir,
         home,
-        **{
-            "model.name": "rf",
-            "model.params.n_estimators": 30,
-            "cv.name": "spatial",
-            "task": "pf1m",
-        },
+        **{"model.name": "rf", "model.params.n_estimators": 30, "task": "pf1m"},
     )
-    result = run_benchmark(cfg, announce=lambda m: None)
+    result = quiet(cfg)
     client = MlflowClient(result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -83,24 +90,25 @@ def test_mlflow_round_trip(tiny_dir, home):
         "seed",
         "dataset_fingerprint",
         "git_commit",
+        "code_version",
         "config_hash",
         "version",
+        "distance_crs",
+        "final_model_run",
     ):
-        assert key in run.data.tags
+        assert key in run.data.tags, key
+    assert "torch=" in run.data.tags["code_version"]
     assert run.data.params["cv.name"] == "spatial"
     m = run.data.metrics
     for key in (
         "test/overall/f1_pos",
         "test/overall/f1_pos_ci_low",
         "test/overall/roc_auc",
-        "test/overall/recall_pos",
         "truth/overall/f1_pos",
         "cv/w_statistic_m",
         "test/pf_zone/worst/f1_pos",
     ):
         assert key in m, key
-    assert any(k.startswith("test/mlra/") and k.endswith("/f1_pos") for k in m)
-    assert any(k.startswith("test/pf_zone/") and k.endswith("/recall_pos") for k in m)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {
         "config.yaml",
@@ -109,13 +117,24 @@ def test_mlflow_round_trip(tiny_dir, home):
         "folds.gpkg",
         "figures",
     } <= artifacts
-    figures = {a.path for a in client.list_artifacts(result.run_id, "figures")}
-    assert "figures/confusion_matrix.png" in figures and "figures/by_mlra.png" in figures
     children = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
-    assert len(children) == int(m["cv/n_folds"])
-    assert all("test/overall/f1_pos" in c.data.metrics for c in children)
+    levels = sorted(c.data.tags["run_level"] for c in children)
+    assert levels == ["final"] + ["fold"] * int(m["cv/n_folds"])
+    for child in children:
+        assert "model" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    # Every fold's saved model reproduces that fold's out-of-fold probabilities exactly.
+    oof = oof_of(result)
+    columns = [c for c in oof.columns if c.startswith("p/")]
+    for fold in range(int(m["cv/n_folds"])):
+        rows = oof[oof["fold"] == fold]
+        predictor = load_model(result.run_id, fold=fold, tracking_uri=result.tracking_uri)
+        proba = predictor.predict_points(tiny_dir, rows["x"], rows["y"])
+        np.testing.assert_array_equal(proba, rows[columns].to_numpy())
+    final = load_model(result.run_id, tracking_uri=result.tracking_uri)
+    assert final.record["fold"] == "final" and final.class_names == ["0", "1"]
+    assert final.predict_points(tiny_dir, oof["x"][:5], oof["y"][:5]).shape == (5, 2)
 
 
 def test_same_seed_same_numbers(tiny_dir, home):
@@ -128,41 +147,315 @@ def test_same_seed_same_numbers(tiny_dir, home):
             "cv.name": "cluster",
             "cv.n_splits": 3,
             "tracking.experiment": "a",
+            "refit": False,
         },
     )
-    a = run_benchmark(cfg, announce=lambda m: None)
+    a = quiet(cfg)
     cfg["tracking"]["experiment"] = "b"
-    b = run_benchmark(cfg, announce=lambda m: None)
+    b = quiet(cfg)
     assert a.metrics["test/overall/macro_f1"] == b.metrics["test/overall/macro_f1"]
     assert np.array_equal(a.folds, b.folds)
+    pd.testing.assert_frame_equal(oof_of(a), oof_of(b))
 
 
-def test_interrupted_run_resumes_without_redoing_folds(tiny_dir, home, monkeypatch):
-    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+def _interrupt_on_fit(monkeypatch, call: int) -> None:
     calls = {"n": 0}
     real_fit = MajorityModel.fit
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(MajorityModel, "fit", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        run_benchmark(cfg, announce=lambda m: None)
+
+
+def _parents(home, experiment="synthetic-alaska-tiny/tax_order"):
     client = MlflowClient(f"sqlite:///{home}/t.db")
-    exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
-    parents = client.search_runs([exp.experiment_id], "tags.run_level = 'parent'")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], "tags.run_level = 'parent'")
+
+
+def test_interrupted_run_resumes_without_redoing_folds(tiny_dir, home, monkeypatch):
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+    _interrupt_on_fit(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    client, parents = _parents(home)
     assert [p.info.status for p in parents] == ["KILLED"]
-    monkeypatch.setattr(MajorityModel, "fit", real_fit)
-    result = run_benchmark(cfg, announce=lambda m: None)
+    monkeypatch.undo()
+    result = quiet(cfg)
     assert result.resumed_folds == [0, 1]
     assert result.run_id == parents[0].info.run_id  # the same parent run, completed
-    parents = client.search_runs([exp.experiment_id], "tags.run_level = 'parent'")
+    _, parents = _parents(home)
     assert [p.info.status for p in parents] == ["FINISHED"]
     finished = client.search_runs(
-        [exp.experiment_id],
+        [parents[0].info.experiment_id],
         f"tags.mlflow.parentRunId = '{result.run_id}' and attributes.status = 'FINISHED'",
     )
-    assert sorted(int(c.data.tags["fold"]) for c in finished) == [0, 1, 2, 3, 4]
+    assert sorted(c.data.tags["fold"] for c in finished) == ["0", "1", "2", "3", "4", "final"]
+
+
+def test_resumed_predictions_are_matched_by_pedon_id(tiny_dir, home, monkeypatch):
+    """A finished fold's predictions stored in another row order still land on their pedons."""
+    cfg = config(
+        tiny_dir,
+        home,
+        **{"model.name": "rf", "model.params.n_estimators": 10, "refit": False},
+    )
+    reference = oof_of(quiet({**cfg, "tracking": {**cfg["tracking"], "experiment": "ref"}}))
+    calls = {"n": 0}
+    real = runner_module.fit_predict_fold
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "fit_predict_fold", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    monkeypatch.undo()
+    client, parents = _parents(home)
+    fold0 = client.search_runs(
+        [parents[0].info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parents[0].info.run_id}' and tags.fold = '0'",
+    )[0]
+    path = Path(fold0.info.artifact_uri.removeprefix("file://")) / "predictions.parquet"
+    stored = pd.read_parquet(path)
+    stored.iloc[::-1].to_parquet(path, index=False)  # same rows, reversed order
+    result = quiet(cfg)
+    assert result.resumed_folds == [0, 1]
+    pd.testing.assert_frame_equal(oof_of(result), reference)
+
+
+def test_code_version_is_part_of_what_resumes(tiny_dir, home, monkeypatch):
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+    _interrupt_on_fit(monkeypatch, 3)
+    monkeypatch.setattr(runner_module, "code_version", lambda: "an older commit")
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    monkeypatch.undo()
+    result = quiet(cfg)  # other code: a new run, nothing mixed in
+    assert result.resumed_folds == []
+    _, parents = _parents(home)
+    assert len(parents) == 2 and result.run_id != parents[-1].info.run_id
+
+
+def test_a_run_alive_in_another_process_is_not_taken_over(tiny_dir, home, monkeypatch):
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+    _interrupt_on_fit(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    monkeypatch.undo()
+    client, parents = _parents(home)
+    run_id = parents[0].info.run_id
+    client.update_run(run_id, status="RUNNING")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stat = Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        client.set_tag(run_id, "pid", str(sleeper.pid))
+        client.set_tag(run_id, "pid_start", stat)
+        with pytest.raises(RunInProgressError, match=str(sleeper.pid)):
+            quiet(cfg)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = quiet(cfg)  # its process is gone: the run is taken over and completed
+    assert result.run_id == run_id and result.resumed_folds == [0, 1]
+
+
+def _slow_script(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "slow.py"
+    script.write_text("import sys\nimport tests.slow_model\n" + textwrap.dedent(body))
+    return script
+
+
+def _wait_for_finished_fold(home: Path, timeout_s: float = 120) -> None:
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
+        if exp is not None:
+            done = client.search_runs(
+                [exp.experiment_id], "tags.run_level = 'fold' and attributes.status = 'FINISHED'"
+            )
+            if done:
+                return
+        time.sleep(0.5)
+    raise AssertionError("no fold finished in time")
+
+
+@pytest.mark.slow
+def test_a_killed_process_leaves_a_run_that_the_next_command_resumes(tiny_dir, home, tmp_path):
+    """SIGKILL (no handler runs): the run stays RUNNING; its process is dead, so a rerun of
+    the same command takes it over and finishes it without redoing finished folds."""
+    script = _slow_script(
+        tmp_path,
+        """
+        from miso_bench.config import resolve_config
+        from miso_bench.runner import run_benchmark
+        cfg = resolve_config(None, None, sys.argv[1:])
+        run_benchmark(cfg, announce=lambda m: None)
+        """,
+    )
+    sets = [
+        f"data.path={tiny_dir}",
+        "eval.n_boot=20",
+        f"tracking.uri=sqlite:///{home}/t.db",
+        "model.name=slow_majority",
+        "cv.name=random",
+    ]
+    env = {
+        **os.environ,
+        "MISO_BENCH_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "MISO_TEST_FIT_SLEEP": "1.5",
+    }
+    proc = subprocess.Popen([sys.executable, str(script), *sets], env=env)
+    try:
+        _wait_for_finished_fold(home)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    _, parents = _parents(home)
+    assert [p.info.status for p in parents] == ["RUNNING"]
+    import tests.slow_model  # noqa: F401  (registers slow_majority here too; no sleep)
+
+    result = quiet(resolve_config(None, None, sets))
+    assert result.run_id == parents[0].info.run_id and result.resumed_folds
+    _, parents = _parents(home)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_like_ctrl_c(tiny_dir, home, tmp_path):
+    script = _slow_script(
+        tmp_path,
+        """
+        from miso_bench.cli import main
+        sys.exit(main(["run", "--model", "slow_majority", "--cv", "random", *sys.argv[1:]]))
+        """,
+    )
+    env = {
+        **os.environ,
+        "MISO_BENCH_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "MISO_TEST_FIT_SLEEP": "1.5",
+    }
+    args = ["--data", str(tiny_dir), "--tracking-uri", f"sqlite:///{home}/t.db"]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_finished_fold(home)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    client, parents = _parents(home)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    children = client.search_runs(
+        [parents[0].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
+    )
+    assert "RUNNING" not in {c.info.status for c in children}
+
+
+class Recorder(RunProgress):
+    def __init__(self):
+        self.warnings: list[str] = []
+        self.steps: list[str] = []
+        self.totals: list[tuple[int, int]] = []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def step(self, message):
+        self.steps.append(message)
+
+    def folds(self, total, done):
+        self.totals.append((total, done))
+
+
+def test_fallbacks_are_tagged_on_the_run_and_told_once(tiny_dir, home):
+    cfg = config(
+        tiny_dir,
+        home,
+        **{
+            "model.name": "xgboost",
+            "model.params.n_estimators": 20,
+            "cv.inner_block_size_m": 1e7,  # one block per site: the inner split must shrink
+        },
+    )
+    progress = Recorder()
+    result = run_benchmark(cfg, progress=progress, announce=lambda m: None)
+    assert "inner_split_blocks_shrunk" in result.warnings
+    tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
+    assert "warning.inner_split_blocks_shrunk" in tags
+    shrunk = [w for w in progress.warnings if "inner validation split" in w]
+    assert len(shrunk) == 1  # six fits, told once
+    assert progress.totals == [(6, 0)]  # five folds and the final refit, known up front
+    assert any("point features" in s for s in progress.steps)
+
+
+def test_a_dataset_in_longitude_latitude_runs_with_distances_in_metres(tiny_geographic_dir, home):
+    """EPSG:4326: 1,000 m blocks stay 1,000 m (they were read as 1,000 degrees, which left
+    "only 1 spatial groups"); the run records the metric CRS it chose."""
+    cfg = config(
+        tiny_geographic_dir,
+        home,
+        **{
+            "model.name": "rf",
+            "model.params.n_estimators": 20,
+            "cv.block_size_m": 1000,
+            "task": "tax_order",
+        },
+    )
+    result = quiet(cfg)
+    assert result.metric_crs.startswith("+proj=laea")  # four sites across Alaska
+    tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
+    assert tags["dataset_crs"] == "EPSG:4326" and tags["cv_block_size_m"] == "1000"
+    oof = oof_of(result)
+    rows = oof[oof["fold"] == 2]
+    predictor = load_model(result.run_id, fold=2, tracking_uri=result.tracking_uri)
+    columns = [c for c in oof.columns if c.startswith("p/")]
+    np.testing.assert_array_equal(
+        predictor.predict_points(tiny_geographic_dir, rows["x"], rows["y"]),
+        rows[columns].to_numpy(),
+    )
+    assert load_model(result.run_id, tracking_uri=result.tracking_uri).crs == "EPSG:4326"
+
+
+@pytest.mark.realdata
+def test_eberg_runs_refits_and_loads_back(home):
+    from tests.conftest import eberg_dir
+
+    data = eberg_dir()
+    cfg = config(
+        data,
+        home,
+        **{"model.name": "rf", "model.params.n_estimators": 30, "task": "soiltype"},
+    )
+    result = quiet(cfg)
+    assert result.metric_crs == "EPSG:31467"  # projected in metres: used as is
+    oof = oof_of(result)
+    final = load_model(result.run_id, tracking_uri=result.tracking_uri)
+    proba = final.predict_points(data, oof["x"][:20], oof["y"][:20])
+    assert proba.shape == (20, len(final.class_names))
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+
+
+def test_load_model_errors_are_clear(tiny_dir, home):
+    from miso_bench.errors import MisoBenchError
+
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "refit": False, "cv.name": "random"})
+    result = quiet(cfg)
+    with pytest.raises(MisoBenchError, match="refit"):
+        load_model(result.run_id, tracking_uri=result.tracking_uri)
+    with pytest.raises(MisoBenchError, match="no MLflow run"):
+        load_model("0" * 32, tracking_uri=result.tracking_uri)

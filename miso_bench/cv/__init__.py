@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import BaseCrossValidator
 
-from ..errors import MisoBenchError
+from ..errors import MisoBenchError, warn
 from ..registry import Registry
 from ..spatial import block_ids
 from .diagnostics import FoldDiagnostics, fold_diagnostics
@@ -46,11 +46,13 @@ class SplitContext:
     """What splitters may need besides the coordinates.
 
     Attributes:
-        coords: ``(n, 2)`` pedon coordinates in EPSG:3338 metres.
+        coords: ``(n, 2)`` pedon coordinates in metres (a metric CRS, see
+            :func:`miso_bench.spatial.metric_coordinates`).
         y: class index of each pedon.
         ids: pedon ids (for split files).
         regions: region layer -> region name of each pedon.
-        prediction_points: ``(m, 2)`` sample of the prediction domain (for kNNDM).
+        prediction_points: ``(m, 2)`` sample of the prediction domain (for kNNDM), in the
+            same metric CRS.
         seed: the run seed.
     """
 
@@ -103,11 +105,18 @@ def _spatial(ctx: SplitContext, p: dict[str, Any]) -> tuple[BaseCrossValidator, 
     if p["block_size_m"] in ("auto", None):
         # An autocorrelation range as large as the study area leaves too few blocks to
         # balance folds; shrink until there are at least two blocks per fold.
+        fitted = size
         while (
             size > 100.0
             and len(np.unique(block_ids(ctx.coords[:, 0], ctx.coords[:, 1], size))) < 2 * n_splits
         ):
             size /= 2
+        if size != fitted:
+            warn(
+                "cv_block_size_shrunk",
+                f"block_size_m=auto: the autocorrelation range ({fitted:.0f} m) leaves fewer "
+                f"than {2 * n_splits} blocks; blocks shrunk to {size:.0f} m",
+            )
     return SpatialBlockKFold(n_splits, size, ctx.seed), None
 
 
@@ -176,12 +185,21 @@ def inner_validation_split(
         ``(fit, val)`` positions within the training fold.
     """
     n_groups = max(2, round(1 / val_fraction))
-    try:
-        folds = SpatialBlockKFold(n_groups, block_size_m, seed)._folds(
-            np.asarray(coords, dtype=np.float64), None, None
-        )
-    except MisoBenchError:  # too few blocks: fall back to smaller blocks
-        folds = SpatialBlockKFold(n_groups, block_size_m / 4, seed)._folds(
-            np.asarray(coords, dtype=np.float64), None, None
+    xy = np.asarray(coords, dtype=np.float64)
+    size = float(block_size_m)
+    while True:
+        try:
+            folds = SpatialBlockKFold(n_groups, size, seed)._folds(xy, None, None)
+            break
+        except MisoBenchError:  # too few blocks for the groups: smaller blocks
+            if size / 4 < 1.0:
+                raise
+            size /= 4
+    if size != block_size_m:
+        warn(
+            "inner_split_blocks_shrunk",
+            f"the inner validation split needs {n_groups} blocks; {len(xy)} training pedons "
+            f"span fewer {block_size_m:.0f} m blocks, so it used {size:.0f} m blocks "
+            "(fix: set cv.inner_block_size_m)",
         )
     return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)

@@ -1,6 +1,6 @@
 """Spatial cross-validation splitters with the scikit-learn ``BaseCrossValidator`` contract.
 
-Every splitter takes the pedon coordinates (EPSG:3338 metres, shape ``(n, 2)``) as ``X``, so
+Every splitter takes the pedon coordinates (metres, shape ``(n, 2)``) as ``X``, so
 ``cross_validate``-style code keeps working; labels come as ``y`` (stratification) and group
 labels (regions, ids) as ``groups``. All randomness is seeded by ``random_state``.
 """
@@ -18,14 +18,13 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 from sklearn.model_selection import BaseCrossValidator, StratifiedKFold
 
-from ..errors import MisoBenchError
+from ..errors import MisoBenchError, warn
 from ..spatial import block_ids
 
 __all__ = [
     "BufferedSplitter",
     "ClusterKFold",
     "FileSplit",
-    "GroupBalancedKFold",
     "LeaveOneRegionOut",
     "RandomKFold",
     "SpatialBlockKFold",
@@ -127,7 +126,7 @@ class SpatialBlockKFold(_FoldCV):
 
     Args:
         n_splits: number of folds.
-        block_size_m: block side in CRS metres (EPSG:3338), never degrees.
+        block_size_m: block side in metres, never degrees (``X`` in a metric CRS).
         random_state: seed of the block shuffle.
     """
 
@@ -167,19 +166,6 @@ class ClusterKFold(_FoldCV):
         return balanced_group_folds(
             self.clusters(X), self.n_splits, np.random.default_rng(self.random_state)
         )
-
-
-class GroupBalancedKFold(_FoldCV):
-    """K-fold over given ``groups``, shuffled and balanced by count."""
-
-    def __init__(self, n_splits: int = 5, random_state: int = 0) -> None:
-        self.n_splits = n_splits
-        self.random_state = random_state
-
-    def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
-        if groups is None:
-            raise ValueError("GroupBalancedKFold needs groups")
-        return balanced_group_folds(groups, self.n_splits, np.random.default_rng(self.random_state))
 
 
 class LeaveOneRegionOut(_FoldCV):
@@ -314,6 +300,12 @@ def estimate_autocorrelation_range(
         pick = rng.choice(len(X), max_points, replace=False)
         X, y = X[pick], y[pick]
     if len(np.unique(y)) < 2 or len(X) < 10:
+        warn(
+            "cv_autocorrelation_fallback",
+            f"the labels' autocorrelation range cannot be estimated from {len(X)} pedons "
+            f"of {len(np.unique(y))} class(es); block_size_m=auto uses {max_m:.0f} m "
+            "(fix: set cv.block_size_m)",
+        )
         return float(max_m)
     i, j = np.triu_indices(len(X), k=1)
     d = np.hypot(X[i, 0] - X[j, 0], X[i, 1] - X[j, 1])
@@ -328,6 +320,11 @@ def estimate_autocorrelation_range(
     # Sparse lags (a handful of pairs at the longest distances) are too noisy to use.
     usable = cnts >= max(30, 0.01 * cnts.sum())
     if usable.sum() < 3:
+        warn(
+            "cv_autocorrelation_fallback",
+            f"too few pedon pairs closer than {max_m:.0f} m to fit a semivariogram; "
+            f"block_size_m=auto uses {max_m:.0f} m (fix: set cv.block_size_m)",
+        )
         return float(max_m)
     h, g, n = centres[usable], gamma[usable], cnts[usable]
 
@@ -346,5 +343,17 @@ def estimate_autocorrelation_range(
         )
     except (RuntimeError, ValueError):  # no convergence: fall back to the empirical rule
         reached = np.flatnonzero(g >= 0.95 * g.max())
-        return float(np.clip(h[reached[0]], min_m, max_m))
+        value = float(np.clip(h[reached[0]], min_m, max_m))
+        warn(
+            "cv_autocorrelation_fallback",
+            "the semivariogram fit did not converge; block_size_m=auto uses the first lag "
+            f"reaching 95 % of the sill ({value:.0f} m) (fix: set cv.block_size_m)",
+        )
+        return value
+    if fitted >= max_m * (1 - 1e-6):
+        warn(
+            "cv_autocorrelation_fallback",
+            f"the fitted autocorrelation range reaches the {max_m:.0f} m cap; "
+            f"block_size_m=auto uses {max_m:.0f} m (fix: set cv.block_size_m)",
+        )
     return float(np.clip(fitted, min_m, max_m))

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import rasterio
 from pyproj import CRS as PROJ_CRS
 
 from ..errors import DatasetError, ManifestError
 from .features import extract_point_features
 from .manifest import DatasetManifest, load_manifest, nodata_in_dtype
-from .pedons import PedonDataset
+from .pedons import PedonDataset, read_truth
 from .regions import RegionLayer
 
 __all__ = ["Problem", "check_dataset"]
@@ -368,17 +367,9 @@ def check_dataset(path: str | Path) -> list[Problem]:
     if m.truth_file:
         tpath = m.resolve(m.truth_file)
         try:
-            truth = pd.read_parquet(tpath)
-            missing = [c for c in ("x_3338", "y_3338") if c not in truth.columns]
-            if missing:
-                out.append(
-                    Problem(
-                        str(tpath),
-                        "truth.file",
-                        f"columns {missing} missing",
-                        "write x_3338, y_3338 and one column per label",
-                    )
-                )
+            read_truth(m)
+        except DatasetError as exc:
+            out.append(Problem.from_error(exc))
         except (OSError, ValueError) as exc:
             out.append(
                 Problem(

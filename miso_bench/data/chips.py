@@ -1,11 +1,22 @@
-"""A chip per pedon: the sampler and dataset that torchgeo lacks (its PR #800 was not merged).
+"""Chips of the stacked rasters: a windowed source with a bounded cache, and a chip per pedon.
+
+:class:`ChipSource` reads any window of the dataset's target grid (every band of every
+modality) through an LRU cache of square blocks, so memory stays bounded whatever the size
+of the tiles (a real AK050 delivery holds 5000 x 5000 px tiles of 19 bands). Files come from
+the torchgeo datasets of the manifest (their file index gives each file's footprint in the
+target CRS). Files on the target grid are read with plain windows; files in another CRS or
+at another resolution are warped onto the grid (nearest for categorical bands, bilinear
+otherwise). Where tiles overlap, each pixel of each band takes the first *valid* value in
+file-name order, the same rule as :func:`~miso_bench.data.features.extract_point_features`
+(and as torchgeo's merge).
 
 :class:`PedonSampler` is a torchgeo sampler that yields, for each pedon, a chip-sized slice
-snapped to the raster grid and centred on the pixel that contains the pedon (optionally
-jittered by whole pixels for training). :class:`PedonChipDataset` turns those slices into
-training/evaluation samples: the stacked bands, a per-band validity mask (no-data and
-outside-raster pixels are *masked*, never silently zero-filled), the label, the pedon's
-position inside the chip in [-1, 1], its CRS coordinates, its id and its regions.
+snapped to the grid and centred on the pixel that contains the pedon (optionally jittered by
+whole pixels for training; torchgeo has no point sampler, its PR #800 was not merged).
+:class:`PedonChipDataset` turns those slices into samples: the stacked bands, a per-band
+validity mask (no-data and outside-raster pixels are *masked*: their value is 0 and ``valid``
+is False), the label, the pedon's position inside the chip in [-1, 1], its coordinates, id and
+regions.
 
 Position convention (as ``torch.nn.functional.grid_sample`` with ``align_corners=False``):
 ``(-1, -1)`` is the upper-left corner of the chip, ``(1, 1)`` the lower-right; x grows east
@@ -16,6 +27,7 @@ and y grows south, so the centre of pixel ``(row, col)`` is at
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,72 +35,271 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
-import shapely
 import torch
-from shapely.prepared import prep
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 from torch.utils.data import Dataset
 from torchgeo.datasets import GeoDataset
 from torchgeo.samplers import SpatialSampler
 
-from .manifest import nodata_in_dtype
-from .rasters import ManifestRaster
+from ..errors import DatasetError
+from .grid import GridSpec, dataset_grid
+from .manifest import DatasetManifest, nodata_in_dtype, open_raster
+from .rasters import ManifestRaster, open_stack
 
-__all__ = [
-    "FootprintCache",
-    "GridSpec",
-    "PedonChipDataset",
-    "PedonSampler",
-    "band_fill",
-    "grid_of",
-    "valid_pixels",
-]
+__all__ = ["ChipSource", "GridSpec", "PedonChipDataset", "PedonSampler"]
 
 
-@dataclass(frozen=True)
-class GridSpec:
-    """A regular pixel grid: pixel edges at ``x0 + k * res`` and ``y0 - k * res``."""
+@dataclass
+class _File:
+    """A raster file of one modality, as the source reads it."""
 
-    x0: float
-    y0: float
-    res: float
-
-    def pixel_of(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global (row, col) of the pixels containing the points."""
-        col = np.floor((np.asarray(x) - self.x0) / self.res).astype(np.int64)
-        row = np.floor((self.y0 - np.asarray(y)) / self.res).astype(np.int64)
-        return row, col
+    path: str
+    bounds: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in the target CRS
+    aligned: bool  # on the target grid: plain windowed reads
+    col0: int = 0  # global column of the file's first pixel (aligned files)
+    row0: int = 0
 
 
-def band_fill(parts: Sequence[ManifestRaster]) -> np.ndarray:
-    """Per-band no-data value as the pixels hold it (float32; NaN when a modality has none)."""
-    values = [nodata_in_dtype(p.spec.nodata, p.spec.dtype) for p in parts for _ in p.bands]
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+class ChipSource:
+    """Windows of every band of a dataset on its target grid, through a bounded block cache.
 
+    Args:
+        manifest: the dataset.
+        modalities: modalities to stack (default: all, in manifest order).
+        block_px: side of the cached square blocks, in pixels.
+        cache_mb: the most memory the block cache may hold (least recently used blocks go).
 
-def valid_pixels(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` bool: not NaN and not the band's no-data value (``fill`` from
-    :func:`band_fill`; NaN there means the band has no no-data value)."""
-    nod = fill[:, None, None]
-    return np.where(np.isnan(nod), True, image != nod) & ~np.isnan(image)
+    Attributes:
+        grid: the target grid (pixel edges).
+        band_names: bands in stacking order.
+        stack: the torchgeo dataset of the stack (for samplers).
+        hits, misses: block-cache statistics.
+    """
 
+    def __init__(
+        self,
+        manifest: DatasetManifest,
+        modalities: Sequence[str] | None = None,
+        block_px: int = 256,
+        cache_mb: float = 1024.0,
+    ) -> None:
+        if block_px < 8:
+            raise ValueError(f"block_px must be at least 8, got {block_px}")
+        self.manifest = manifest
+        self.modalities = list(modalities or manifest.modalities)
+        self.block_px = int(block_px)
+        self.cache_mb = float(cache_mb)
+        self.stack, self.parts = open_stack(manifest, self.modalities, cache=False)
+        self.grid = dataset_grid(manifest)
+        self.band_names = [b for p in self.parts for b in p.bands]
+        self.n_bands = len(self.band_names)
+        block_bytes = self.n_bands * self.block_px**2 * 4
+        self.max_blocks = max(4, int(self.cache_mb * 2**20 // block_bytes))
+        self._files = [self._index(part) for part in self.parts]
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._handles: OrderedDict[str, Any] = OrderedDict()
+        self.hits = self.misses = 0
 
-def grid_of(parts: Sequence[ManifestRaster]) -> GridSpec:
-    """The sampling grid of a stack: the first file's pixel edges at the stack resolution."""
-    first = parts[0]
-    path = first.index.iloc[0]["filepath"]
-    with rasterio.open(path) as src:
-        res = float(first.res[0])
-        return GridSpec(float(src.transform.c) % res, float(src.transform.f) % res, res)
+    # --- pickling (DataLoader workers, spawned processes): no handles, an empty cache -------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        state["_handles"] = OrderedDict()
+        return state
+
+    def close(self) -> None:
+        """Close open files and drop the cache."""
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        self._cache.clear()
+
+    def _index(self, part: ManifestRaster) -> list[_File]:
+        target = rasterio.crs.CRS.from_user_input(self.manifest.crs)
+        g = self.grid
+        files = []
+        for path in sorted(part.index["filepath"]):
+            with open_raster(path) as src:
+                t = src.transform
+                aligned = (
+                    src.crs == target
+                    and t.b == 0
+                    and t.d == 0
+                    and math.isclose(t.a, g.res, rel_tol=1e-9)
+                    and math.isclose(-t.e, g.res, rel_tol=1e-9)
+                )
+                col0 = (t.c - g.x0) / g.res
+                row0 = (g.y0 - t.f) / g.res
+                aligned = (
+                    aligned and abs(col0 - round(col0)) < 1e-6 and abs(row0 - round(row0)) < 1e-6
+                )
+                if aligned:
+                    b = src.bounds
+                    bounds = (b.left, b.bottom, b.right, b.top)
+                else:
+                    from rasterio.warp import transform_bounds
+
+                    bounds = tuple(transform_bounds(src.crs, target, *src.bounds, densify_pts=21))
+                files.append(_File(str(path), bounds, aligned, round(col0), round(row0)))
+        return files
+
+    def _open(self, path: str) -> Any:
+        handle = self._handles.pop(path, None)
+        if handle is None:
+            handle = open_raster(path)
+            while len(self._handles) >= 32:
+                self._handles.popitem(last=False)[1].close()
+        self._handles[path] = handle
+        return handle
+
+    # --- blocks ---------------------------------------------------------------------------
+    def _read_block(self, br: int, bc: int) -> np.ndarray:
+        """Block ``(br, bc)`` as float32 ``(C, B, B)`` with NaN where no file has valid data."""
+        bp, g = self.block_px, self.grid
+        r0, c0 = br * bp, bc * bp
+        xmin, xmax, ymin, ymax = g.bounds_of(r0, c0, bp, bp)
+        out = np.full((self.n_bands, bp, bp), np.nan, dtype=np.float32)
+        band0 = 0
+        for part, files in zip(self.parts, self._files, strict=True):
+            spec = part.spec
+            n = len(part.bands)
+            target = out[band0 : band0 + n]
+            for f in files:
+                fx0, fy0, fx1, fy1 = f.bounds
+                if fx1 <= xmin or fx0 >= xmax or fy1 <= ymin or fy0 >= ymax:
+                    continue
+                values = self._file_window(f, spec, part, r0, c0, xmin, ymax)
+                if values is None:
+                    continue
+                rows, cols, data = values
+                view = target[:, rows, cols]  # a view: filling it fills the block
+                empty = np.isnan(view)
+                if empty.any():
+                    view[empty] = data[empty]
+                if not np.isnan(target).any():
+                    break  # every pixel of every band is filled: later files cannot change it
+            band0 += n
+        return out
+
+    def _file_window(
+        self, f: _File, spec: Any, part: ManifestRaster, r0: int, c0: int, xmin: float, ymax: float
+    ) -> tuple[slice, slice, np.ndarray] | None:
+        """The part of block ``(r0, c0)`` that file ``f`` covers, NaN where it has no data."""
+        bp = self.block_px
+        src = self._open(f.path)
+        if src.count != len(part.bands):
+            raise DatasetError(
+                f.path,
+                f"modalities.{spec.name}.bands",
+                f"file has {src.count} bands, the manifest lists {len(part.bands)}",
+                "list one band name per band in file order",
+            )
+        nodata = nodata_in_dtype(
+            spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
+        )
+        try:
+            if f.aligned:
+                fr0, fc0 = r0 - f.row0, c0 - f.col0
+                rr0, rr1 = max(fr0, 0), min(fr0 + bp, src.height)
+                cc0, cc1 = max(fc0, 0), min(fc0 + bp, src.width)
+                if rr1 <= rr0 or cc1 <= cc0:
+                    return None
+                data = src.read(window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0)).astype(np.float32)
+                rows, cols = slice(rr0 - fr0, rr1 - fr0), slice(cc0 - fc0, cc1 - fc0)
+            else:
+                transform = Affine(self.grid.res, 0, xmin, 0, -self.grid.res, ymax)
+                with WarpedVRT(
+                    src,
+                    crs=rasterio.crs.CRS.from_user_input(self.manifest.crs),
+                    transform=transform,
+                    width=bp,
+                    height=bp,
+                    resampling=part.resampling,
+                    src_nodata=nodata,
+                    nodata=np.nan,
+                    dtype="float32",
+                ) as vrt:
+                    data = vrt.read().astype(np.float32)
+                rows, cols = slice(0, bp), slice(0, bp)
+        except rasterio.errors.RasterioError as exc:
+            raise DatasetError(
+                f.path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
+            ) from exc
+        if nodata is not None and not np.isnan(nodata):
+            data[data == np.float32(nodata)] = np.nan
+        return rows, cols, data
+
+    def _block(self, br: int, bc: int) -> np.ndarray:
+        key = (br, bc)
+        block = self._cache.get(key)
+        if block is not None:
+            self.hits += 1
+            self._cache.move_to_end(key)
+            return block
+        self.misses += 1
+        block = self._read_block(br, bc)
+        self._cache[key] = block
+        while len(self._cache) > self.max_blocks:
+            self._cache.popitem(last=False)
+        return block
+
+    # --- windows --------------------------------------------------------------------------
+    def raw_window(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
+        """Float32 ``(C, h, w)`` of the window with upper-left global pixel ``(r0, c0)``;
+        NaN where no file has a valid value."""
+        bp = self.block_px
+        out = np.empty((self.n_bands, h, w), dtype=np.float32)
+        for br in range(r0 // bp, (r0 + h - 1) // bp + 1):
+            for bc in range(c0 // bp, (c0 + w - 1) // bp + 1):
+                block = self._block(br, bc)
+                rr0, rr1 = max(r0, br * bp), min(r0 + h, (br + 1) * bp)
+                cc0, cc1 = max(c0, bc * bp), min(c0 + w, (bc + 1) * bp)
+                out[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = block[
+                    :, rr0 - br * bp : rr1 - br * bp, cc0 - bc * bp : cc1 - bc * bp
+                ]
+        return out
+
+    def window(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, valid)`` of a window: float32 values with 0 where invalid, and the
+        per-band validity mask (False on no-data and outside every raster)."""
+        raw = self.raw_window(r0, c0, h, w)
+        valid = ~np.isnan(raw)
+        return np.where(valid, raw, np.float32(0.0)), valid
+
+    def window_at(self, x: float, y: float, size_px: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """A ``size_px`` window centred on the pixel holding ``(x, y)``: image, valid, bounds
+        ``(xmin, xmax, ymin, ymax)``."""
+        row, col = self.grid.pixel_of(np.array([x]), np.array([y]))
+        r0, c0 = int(row[0]) - size_px // 2, int(col[0]) - size_px // 2
+        image, valid = self.window(r0, c0, size_px, size_px)
+        return image, valid, self.grid.bounds_of(r0, c0, size_px, size_px)
+
+    def extent(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of all files of all modalities, in the target CRS."""
+        bounds = np.array([f.bounds for files in self._files for f in files])
+        return (
+            float(bounds[:, 0].min()),
+            float(bounds[:, 1].min()),
+            float(bounds[:, 2].max()),
+            float(bounds[:, 3].max()),
+        )
+
+    @property
+    def cached_mb(self) -> float:
+        """Memory held by the block cache."""
+        return sum(b.nbytes for b in self._cache.values()) / 2**20
 
 
 class PedonSampler(SpatialSampler):
     """Yield one chip-sized slice per pedon, snapped to the grid and centred on its pixel.
 
     Args:
-        dataset: the raster dataset (or stack) that will be indexed with the slices.
+        dataset: the raster dataset (or stack) that the slices address.
         x, y: pedon coordinates in the dataset CRS.
         chip_size_px: chip side in pixels.
-        grid: pixel grid of the dataset (default: from ``dataset``'s first file).
+        grid: pixel grid of the dataset.
         jitter_px: maximum random shift of the chip, in whole pixels (0 for evaluation).
         seed: seed of the jitter; the same seed and epoch give the same chips.
     """
@@ -101,7 +312,7 @@ class PedonSampler(SpatialSampler):
         x: np.ndarray,
         y: np.ndarray,
         chip_size_px: int,
-        grid: GridSpec | None = None,
+        grid: GridSpec,
         jitter_px: int = 0,
         seed: int = 0,
     ) -> None:
@@ -119,11 +330,6 @@ class PedonSampler(SpatialSampler):
         self.jitter_px = int(jitter_px)
         self.seed = seed
         self.epoch = 0
-        if grid is None:
-            parts = getattr(dataset, "datasets", [dataset])
-            while hasattr(parts[0], "datasets"):
-                parts = parts[0].datasets
-            grid = grid_of(parts)
         self.grid = grid
         self.row, self.col = grid.pixel_of(self.x, self.y)
 
@@ -143,10 +349,9 @@ class PedonSampler(SpatialSampler):
     def window(self, i: int) -> tuple[slice, slice]:
         """The ``[xmin:xmax:res, ymin:ymax:res]`` slice of chip ``i``."""
         r0, c0 = self.offset(i)
-        g, s = self.grid, self.chip_size_px
-        xmin = g.x0 + c0 * g.res
-        ymax = g.y0 - r0 * g.res
-        return slice(xmin, xmin + s * g.res, g.res), slice(ymax - s * g.res, ymax, g.res)
+        s = self.chip_size_px
+        xmin, xmax, ymin, ymax = self.grid.bounds_of(r0, c0, s, s)
+        return slice(xmin, xmax, self.grid.res), slice(ymin, ymax, self.grid.res)
 
     def __iter__(self) -> Iterator[tuple[slice, slice]]:
         """One slice per pedon, in pedon order."""
@@ -158,84 +363,36 @@ class PedonSampler(SpatialSampler):
         return len(self.x)
 
 
-class FootprintCache:
-    """Every file footprint of a stack read once into memory (numpy), for fast chipping."""
-
-    def __init__(self, stack: GeoDataset, grid: GridSpec, fill: np.ndarray) -> None:
-        self.grid = grid
-        self.fill = fill
-        self.blocks: list[tuple[int, int, np.ndarray]] = []
-        geoms = shapely.get_parts(stack.index.geometry.union_all())
-        for geom in geoms:
-            xmin, ymin, xmax, ymax = geom.bounds
-            c0 = math.floor((xmin - grid.x0) / grid.res + 1e-6)
-            c1 = math.ceil((xmax - grid.x0) / grid.res - 1e-6)
-            r0 = math.floor((grid.y0 - ymax) / grid.res + 1e-6)
-            r1 = math.ceil((grid.y0 - ymin) / grid.res - 1e-6)
-            xs = slice(grid.x0 + c0 * grid.res, grid.x0 + c1 * grid.res, grid.res)
-            ys = slice(grid.y0 - r1 * grid.res, grid.y0 - r0 * grid.res, grid.res)
-            image = stack[xs, ys]["image"].numpy()
-            self.blocks.append((r0, c0, image))
-
-    def chip(self, r0: int, c0: int, size: int) -> np.ndarray | None:
-        """The chip with upper-left global pixel ``(r0, c0)``; None when it spans two blocks."""
-        hits = [
-            (br, bc, arr)
-            for br, bc, arr in self.blocks
-            if r0 < br + arr.shape[1]
-            and br < r0 + size
-            and c0 < bc + arr.shape[2]
-            and bc < c0 + size
-        ]
-        if len(hits) > 1:
-            return None  # let torchgeo mosaic across neighbouring files
-        out = np.broadcast_to(self.fill[:, None, None], (len(self.fill), size, size)).copy()
-        for br, bc, arr in hits:
-            h, w = arr.shape[1:]
-            rr0, cc0 = r0 - br, c0 - bc
-            src_r = slice(max(rr0, 0), min(rr0 + size, h))
-            src_c = slice(max(cc0, 0), min(cc0 + size, w))
-            out[:, src_r.start - rr0 : src_r.stop - rr0, src_c.start - cc0 : src_c.stop - cc0] = (
-                arr[:, src_r, src_c]
-            )
-        return out
-
-
 class PedonChipDataset(Dataset[dict[str, Any]]):
     """Chips of the stacked rasters centred on pedons, with labels, masks and metadata.
 
     Args:
-        stack: the stacked raster dataset (see :func:`~miso_bench.data.rasters.open_stack`).
-        parts: the per-modality datasets of the stack (for band names and no-data values).
+        source: the dataset's :class:`ChipSource` (share one between datasets: its cache is
+            bounded and reused).
         pedons: frame with columns ``id``, ``x``, ``y`` and optionally ``target`` (class index)
             and region columns.
         chip_size_px: chip side in pixels.
         jitter_px: random whole-pixel shift for training (0, the default, for evaluation).
         seed: jitter seed.
         region_columns: columns of ``pedons`` to return under ``regions``.
-        preload: read every file footprint once into memory and cut chips from it (fast for
-            training), or pass the :attr:`cache` of another dataset of the same stack to share
-            it; otherwise each chip is a torchgeo slice query.
     """
 
     def __init__(
         self,
-        stack: GeoDataset,
-        parts: Sequence[ManifestRaster],
+        source: ChipSource,
         pedons: pd.DataFrame,
         chip_size_px: int,
         jitter_px: int = 0,
         seed: int = 0,
         region_columns: Sequence[str] = (),
-        preload: bool | FootprintCache = False,
     ) -> None:
-        self.stack = stack
-        self.parts = list(parts)
+        self.source = source
         self.pedons = pedons.reset_index(drop=True)
         self.region_columns = list(region_columns)
-        self.grid = grid_of(self.parts)
+        self.grid = source.grid
+        self.band_names = source.band_names
         self.sampler = PedonSampler(
-            stack,
+            source.stack,
             self.pedons["x"].to_numpy(),
             self.pedons["y"].to_numpy(),
             chip_size_px,
@@ -243,28 +400,14 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
             jitter_px=jitter_px,
             seed=seed,
         )
-        self.band_names = [b for p in self.parts for b in p.bands]
-        # No-data as the pixels hold it: float32 files store -3e38 as -3.0000000054977558e38.
-        self._nodata = band_fill(self.parts)
-        # Outside every raster, torchgeo's merge writes the file's no-data value, or 0 when a
-        # file has none; the footprint test below masks those pixels either way.
-        self._fill = self._nodata
-        self._footprint = stack.index.geometry.union_all()
-        self._footprint_prep = prep(self._footprint)
-        if isinstance(preload, FootprintCache):
-            self._cache: FootprintCache | None = preload  # shared between datasets
-        else:
-            self._cache = FootprintCache(stack, self.grid, self._fill) if preload else None
+        self._x = self.pedons["x"].to_numpy(dtype=np.float64)
+        self._y = self.pedons["y"].to_numpy(dtype=np.float64)
+        self._ids = self.pedons["id"].tolist()
         self.targets = (
             torch.tensor(self.pedons["target"].to_numpy(dtype=np.int64))
             if "target" in self.pedons
             else None
         )
-
-    @property
-    def cache(self) -> FootprintCache | None:
-        """The in-memory footprint cache (``preload``), to share with other datasets."""
-        return self._cache
 
     def __len__(self) -> int:
         """Number of pedons (chips)."""
@@ -274,57 +417,28 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
         """Change the jitter draw (training)."""
         self.sampler.set_epoch(epoch)
 
-    def _read(self, i: int) -> tuple[np.ndarray, tuple[slice, slice]]:
-        xs, ys = self.sampler.window(i)
-        if self._cache is not None:
-            r0, c0 = self.sampler.offset(i)
-            chip = self._cache.chip(r0, c0, self.sampler.chip_size_px)
-            if chip is not None:
-                return chip, (xs, ys)
-        try:
-            return self.stack[xs, ys]["image"].numpy(), (xs, ys)
-        except IndexError:  # the chip lies outside every raster: all of it is masked
-            size = self.sampler.chip_size_px
-            return np.broadcast_to(
-                self._fill[:, None, None], (len(self._fill), size, size)
-            ).copy(), (
-                xs,
-                ys,
-            )
-
-    def _valid(self, image: np.ndarray, xs: slice, ys: slice) -> np.ndarray:
-        valid = valid_pixels(image, self._nodata)
-        box = shapely.box(xs.start, ys.start, xs.stop, ys.stop)
-        if not self._footprint_prep.covers(box):
-            size = image.shape[-1]
-            centres = xs.start + (np.arange(size) + 0.5) * self.grid.res
-            rows = ys.stop - (np.arange(size) + 0.5) * self.grid.res
-            gx, gy = np.meshgrid(centres, rows)
-            inside = shapely.contains_xy(self._footprint, gx, gy)
-            valid &= inside[None]
-        return valid
-
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """Sample ``i``: ``image`` (C, H, W) float32 with raw values, ``valid`` (C, H, W) bool,
-        ``query_xy`` (2,) in [-1, 1], ``coords`` (2,) CRS metres, ``id``, ``label`` (when the
-        pedons carry a ``target``), ``regions`` and ``bounds``."""
-        image, (xs, ys) = self._read(i)
-        image = image.astype(np.float32, copy=False)
-        valid = self._valid(image, xs, ys)
-        row = self.pedons.iloc[i]
-        size_m = self.sampler.chip_size_px * self.grid.res
+        """Sample ``i``: ``image`` (C, H, W) float32 (raw values, 0 where invalid), ``valid``
+        (C, H, W) bool, ``query_xy`` (2,) in [-1, 1], ``coords`` (2,), ``id``, ``label`` (when
+        the pedons carry a ``target``), ``regions`` and ``bounds`` (xmin, xmax, ymin, ymax)."""
+        size = self.sampler.chip_size_px
+        r0, c0 = self.sampler.offset(i)
+        image, valid = self.source.window(r0, c0, size, size)
+        xmin, xmax, ymin, ymax = self.grid.bounds_of(r0, c0, size, size)
+        x, y = self._x[i], self._y[i]
         query = np.array(
-            [2.0 * (row["x"] - xs.start) / size_m - 1.0, 2.0 * (ys.stop - row["y"]) / size_m - 1.0],
+            [2.0 * (x - xmin) / (xmax - xmin) - 1.0, 2.0 * (ymax - y) / (ymax - ymin) - 1.0],
             dtype=np.float32,
         )
+        ident = self._ids[i]
         sample: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "image": torch.from_numpy(image),
             "valid": torch.from_numpy(valid),
             "query_xy": torch.from_numpy(query),
-            "coords": torch.tensor([row["x"], row["y"]], dtype=torch.float64),
-            "id": row["id"] if not isinstance(row["id"], np.generic) else row["id"].item(),
-            "bounds": torch.tensor([xs.start, xs.stop, ys.start, ys.stop], dtype=torch.float64),
-            "regions": {c: str(row[c]) for c in self.region_columns},
+            "coords": torch.tensor([x, y], dtype=torch.float64),
+            "id": ident.item() if isinstance(ident, np.generic) else ident,
+            "bounds": torch.tensor([xmin, xmax, ymin, ymax], dtype=torch.float64),
+            "regions": {c: str(self.pedons.at[i, c]) for c in self.region_columns},
         }
         if self.targets is not None:
             sample["label"] = self.targets[i]

@@ -1,11 +1,12 @@
-"""Band values at points, for tree models: one read per file, not one per point.
+"""Band values at points, for tree models: points grouped by file and block, not read one by one.
 
 For every raster file the points that fall on it are located with the file's inverse affine
-transform, the smallest window holding them is read once, and the values are gathered with
-numpy indexing. With ``window_px=1`` the result equals rasterio's ``DatasetReader.sample``
-(no-data becomes NaN); with ``window_px=k`` (odd) it is the mean of the valid pixels of the
-``k x k`` window centred on the point's pixel (categorical bands keep the centre pixel's
-code: class codes are not averaged).
+transform, grouped by ``READ_BLOCK_PX`` squares, and each group's smallest window is read once
+(memory stays bounded on full-size tiles); values are gathered with numpy indexing. With
+``window_px=1`` the result equals rasterio's ``DatasetReader.sample`` (no-data becomes NaN);
+with ``window_px=k`` (odd) it is the mean of the valid pixels of the ``k x k`` window centred
+on the point's pixel (categorical bands keep the centre pixel's code: class codes are not
+averaged).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from ..errors import DatasetError
 from .manifest import DatasetManifest, nodata_in_dtype, open_raster
 
 __all__ = ["extract_point_features"]
+
+
+#: Points are read in groups that fall in the same square of this many pixels, so memory stays
+#: bounded on full-size tiles (a 5000 x 5000 px, 9-band tile is never read whole).
+READ_BLOCK_PX = 512
 
 
 def _file_values(
@@ -49,56 +55,74 @@ def _file_values(
                 f"file has {src.count} bands, the manifest lists {n_bands}",
                 "list one band name per band in file order",
             )
-        if src.crs is not None and src.crs.to_string() != points_crs:
+        if src.crs is not None and src.crs != rasterio.crs.CRS.from_user_input(points_crs):
             fx, fy = Transformer.from_crs(points_crs, src.crs, always_xy=True).transform(x, y)
         else:
             fx, fy = x, y
         inv = ~src.transform
         fx, fy = np.asarray(fx), np.asarray(fy)
-        cols_f = inv.a * fx + inv.b * fy + inv.c
-        rows_f = inv.d * fx + inv.e * fy + inv.f
-        cols = np.floor(cols_f).astype(np.int64)
-        rows = np.floor(rows_f).astype(np.int64)
+        cols = np.floor(inv.a * fx + inv.b * fy + inv.c).astype(np.int64)
+        rows = np.floor(inv.d * fx + inv.e * fy + inv.f).astype(np.int64)
         on = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
         idx = np.flatnonzero(on)
+        out = np.full((idx.size, src.count), np.nan)
         if idx.size == 0:
-            return idx, np.empty((0, src.count))
-        half = window_px // 2
-        r0 = max(int(rows[idx].min()) - half, 0)
-        r1 = min(int(rows[idx].max()) + half + 1, src.height)
-        c0 = max(int(cols[idx].min()) - half, 0)
-        c1 = min(int(cols[idx].max()) + half + 1, src.width)
-        try:
-            block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
-        except rasterio.errors.RasterioError as exc:
-            raise DatasetError(
-                path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
-            ) from exc
+            return idx, out
         fill = nodata_in_dtype(nodata if nodata is not None else src.nodata, src.dtypes[0])
-        if fill is not None and not np.isnan(fill):
-            block[block == fill] = np.nan
-        pr, pc = rows[idx] - r0, cols[idx] - c0
-        centre = block[:, pr, pc].T
-        if window_px == 1:
-            return idx, centre
-        acc = np.zeros((idx.size, block.shape[0]))
-        cnt = np.zeros((idx.size, block.shape[0]))
-        h, w = block.shape[1:]
-        for dr in range(-half, half + 1):
-            for dc in range(-half, half + 1):
-                rr, cc = pr + dr, pc + dc
-                inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-                vals = np.full((idx.size, block.shape[0]), np.nan)
-                vals[inside] = block[:, rr[inside], cc[inside]].T
-                ok = ~np.isnan(vals)
-                acc += np.where(ok, vals, 0.0)
-                cnt += ok
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(cnt > 0, acc / cnt, np.nan)
-        # Class codes are not averaged: categorical bands keep the centre pixel.
-        if categorical is not None and categorical.any():
-            mean[:, categorical] = centre[:, categorical]
-        return idx, mean
+        half = window_px // 2
+        keys = (rows[idx] // READ_BLOCK_PX) * (src.width // READ_BLOCK_PX + 1) + (
+            cols[idx] // READ_BLOCK_PX
+        )
+        order = np.argsort(keys, kind="stable")
+        splits = np.flatnonzero(np.diff(keys[order])) + 1
+        for group in np.split(order, splits):
+            pr_all, pc_all = rows[idx[group]], cols[idx[group]]
+            r0 = max(int(pr_all.min()) - half, 0)
+            r1 = min(int(pr_all.max()) + half + 1, src.height)
+            c0 = max(int(pc_all.min()) - half, 0)
+            c1 = min(int(pc_all.max()) + half + 1, src.width)
+            try:
+                block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
+            except rasterio.errors.RasterioError as exc:
+                raise DatasetError(
+                    path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
+                ) from exc
+            if fill is not None and not np.isnan(fill):
+                block[block == fill] = np.nan
+            out[group] = _values_in_block(block, pr_all - r0, pc_all - c0, window_px, categorical)
+        return idx, out
+
+
+def _values_in_block(
+    block: np.ndarray,
+    pr: np.ndarray,
+    pc: np.ndarray,
+    window_px: int,
+    categorical: np.ndarray | None,
+) -> np.ndarray:
+    """Centre values (``window_px == 1``) or window means of valid pixels at block positions."""
+    centre = block[:, pr, pc].T
+    if window_px == 1:
+        return centre
+    half = window_px // 2
+    acc = np.zeros((pr.size, block.shape[0]))
+    cnt = np.zeros((pr.size, block.shape[0]))
+    h, w = block.shape[1:]
+    for dr in range(-half, half + 1):
+        for dc in range(-half, half + 1):
+            rr, cc = pr + dr, pc + dc
+            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            vals = np.full((pr.size, block.shape[0]), np.nan)
+            vals[inside] = block[:, rr[inside], cc[inside]].T
+            ok = ~np.isnan(vals)
+            acc += np.where(ok, vals, 0.0)
+            cnt += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, acc / cnt, np.nan)
+    # Class codes are not averaged: categorical bands keep the centre pixel.
+    if categorical is not None and categorical.any():
+        mean[:, categorical] = centre[:, categorical]
+    return mean
 
 
 def extract_point_features(
@@ -110,6 +134,10 @@ def extract_point_features(
     files: Mapping[str, Sequence[Path]] | None = None,
 ) -> pd.DataFrame:
     """Band values of every modality at the points ``(x, y)`` (in the manifest's CRS).
+
+    Where tiles overlap, each band takes the first *valid* value in file-name order (a pixel
+    that is no-data in one tile is filled from the next), the same rule as the chip source
+    (:class:`~miso_bench.data.chips.ChipSource`) and torchgeo's merge.
 
     Args:
         manifest: dataset manifest.
@@ -131,13 +159,15 @@ def extract_point_features(
     for name in modalities or list(manifest.modalities):
         spec = manifest.modalities[name]
         values = np.full((x.size, len(spec.bands)), np.nan)
-        filled = np.zeros(x.size, dtype=bool)
         paths = files[name] if files is not None else manifest.modality_files(name)
         for path in paths:
+            todo = np.flatnonzero(np.isnan(values).any(axis=1))
+            if todo.size == 0:
+                break
             idx, vals = _file_values(
                 str(path),
-                x,
-                y,
+                x[todo],
+                y[todo],
                 manifest.crs,
                 window_px,
                 spec.nodata,
@@ -146,10 +176,11 @@ def extract_point_features(
             )
             if idx.size == 0:
                 continue
-            # First file wins where tiles overlap, as in a mosaic.
-            take = ~filled[idx]
-            values[idx[take]] = vals[take]
-            filled[idx[take]] = True
+            rows = todo[idx]
+            current = values[rows]
+            empty = np.isnan(current)
+            current[empty] = vals[empty]  # the first valid value wins, band by band
+            values[rows] = current
         for j, band in enumerate(spec.bands):
             columns[band] = values[:, j]
     return pd.DataFrame(columns)

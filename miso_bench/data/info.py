@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .cache import dataset_fingerprint
 from .manifest import DatasetManifest, open_raster
 from .normalization import compute_band_stats
 from .pedons import PedonDataset
 from .regions import load_regions
 
-__all__ = ["dataset_fingerprint", "dataset_summary", "format_summary", "nn_same_label_rate"]
-
-
-def dataset_fingerprint(manifest: DatasetManifest, chunk: int = 1 << 20) -> str:
-    """SHA-256 (first 16 hex digits) over the manifest and the bytes of every file it names."""
-    h = hashlib.sha256()
-    h.update(manifest.path.read_bytes())
-    files: list[Path] = []
-    for name in manifest.modalities:
-        files += manifest.modality_files(name)
-    files.append(manifest.resolve(manifest.pedons.file))
-    files += [manifest.resolve(r.file) for r in manifest.regions.values()]
-    if manifest.truth_file:
-        files.append(manifest.resolve(manifest.truth_file))
-    for path in files:
-        h.update(path.name.encode())
-        if path.is_file():
-            with path.open("rb") as fh:
-                while block := fh.read(chunk):
-                    h.update(block)
-    return h.hexdigest()[:16]
+__all__ = ["dataset_summary", "format_summary", "nn_same_label_rate"]
 
 
 def nn_same_label_rate(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

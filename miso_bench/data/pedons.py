@@ -16,7 +16,7 @@ from torchgeo.datasets import GeoDataset
 from ..errors import DatasetError
 from .manifest import DatasetManifest, LabelSpec
 
-__all__ = ["LabelFilterReport", "PedonDataset", "pedon_xy", "read_pedon_table"]
+__all__ = ["LabelFilterReport", "PedonDataset", "pedon_xy", "read_pedon_table", "read_truth"]
 
 _VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 
@@ -276,3 +276,27 @@ class PedonDataset(GeoDataset):
     def path(self) -> Path:
         """The pedon file."""
         return Path(str(self.paths))
+
+
+def read_truth(manifest: DatasetManifest) -> pd.DataFrame | None:
+    """The dense truth sample (synthetic data), with coordinates in columns ``x``/``y`` of the
+    dataset CRS (files written before that naming hold ``x_3338``/``y_3338``); None when the
+    manifest names no truth file.
+
+    Raises:
+        DatasetError: the file lacks coordinate columns.
+    """
+    if not manifest.truth_file:
+        return None
+    path = manifest.resolve(manifest.truth_file)
+    truth = pd.read_parquet(path)
+    if {"x", "y"} <= set(truth.columns):
+        return truth
+    if {"x_3338", "y_3338"} <= set(truth.columns):
+        return truth.rename(columns={"x_3338": "x", "y_3338": "y"})
+    raise DatasetError(
+        path,
+        "truth.file",
+        "columns x and y missing",
+        "write the coordinates (dataset CRS) as columns x and y, and one column per label",
+    )

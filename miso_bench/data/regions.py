@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 
 from ..errors import DatasetError
 from .manifest import DatasetManifest, RegionSpec
 
-__all__ = ["OUTSIDE", "RegionLayer", "assign_regions", "load_regions"]
+__all__ = ["OUTSIDE", "RegionLayer", "load_regions"]
 
 #: Region name given to points that fall in no polygon of a layer.
 OUTSIDE = "outside"
@@ -76,14 +75,3 @@ class RegionLayer:
 def load_regions(manifest: DatasetManifest) -> dict[str, RegionLayer]:
     """All region layers of a manifest, by name."""
     return {name: RegionLayer(manifest, spec) for name, spec in manifest.regions.items()}
-
-
-def assign_regions(
-    manifest: DatasetManifest,
-    x: np.ndarray,
-    y: np.ndarray,
-    layers: dict[str, RegionLayer] | None = None,
-) -> pd.DataFrame:
-    """A frame with one column per region layer giving each point's region."""
-    layers = load_regions(manifest) if layers is None else layers
-    return pd.DataFrame({name: layer.assign(x, y) for name, layer in layers.items()})

@@ -67,8 +67,10 @@ def region_bars_figure(table: pd.DataFrame, metric: str, layer: str, title: str)
     return fig
 
 
-def fold_map_figure(x: np.ndarray, y: np.ndarray, folds: np.ndarray, title: str) -> Any:
-    """Pedons coloured by test fold, per cluster of sites (small multiples when spread out)."""
+def fold_map_figure(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, title: str, crs: str = ""
+) -> Any:
+    """Pedons coloured by test fold; ``x``/``y`` in metres of the metric CRS ``crs``."""
     fig, ax = plt.subplots(figsize=(7, 6))
     sc = ax.scatter(
         np.asarray(x) / 1000,
@@ -79,7 +81,8 @@ def fold_map_figure(x: np.ndarray, y: np.ndarray, folds: np.ndarray, title: str)
         vmin=0,
         vmax=max(9, int(np.max(folds))),
     )
-    ax.set_xlabel("x (km, EPSG:3338)")
+    name = "local equal-area" if crs.startswith("+proj") else crs
+    ax.set_xlabel(f"x (km{', ' + name if name else ''})")
     ax.set_ylabel("y (km)")
     ax.set_aspect("equal")
     ax.set_title(title)

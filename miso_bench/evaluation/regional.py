@@ -1,7 +1,7 @@
 """Metrics overall and by region, with confidence intervals from a spatially blocked bootstrap.
 
 Pedons are clustered, so resampling single pedons would understate uncertainty. The
-bootstrap resamples square spatial blocks (``block_size_m``, EPSG:3338 metres) with
+bootstrap resamples square spatial blocks (``block_size_m`` metres, on metric coordinates) with
 replacement: per-block confusion matrices are summed with the drawn multiplicities, so a
 thousand replicates cost a few milliseconds per region.
 """

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
 from sklearn.ensemble import RandomForestClassifier
 
 from .base import TabularModel, register_model
@@ -78,7 +79,31 @@ class ForestModel(TabularModel):
         ).fit(X.to_numpy(dtype=np.float32), y)
 
     def _predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.forest_.predict_proba(X.to_numpy(dtype=np.float32))
+        """The forest's mean tree probability, summed in a fixed order.
+
+        scikit-learn adds the trees' predictions in the order its threads finish, so two
+        predictions of the same rows can differ in the last bits (and flip a tie). Here each
+        thread sums a fixed slice of the trees and the slices are added in order: the result
+        is the same on every call.
+        """
+        from joblib import Parallel, delayed
+
+        Xn = np.ascontiguousarray(X.to_numpy(dtype=np.float32))
+        trees = self.forest_.estimators_
+        n_jobs = min(len(trees), effective_n_jobs(self.n_jobs))
+        slices = np.array_split(np.arange(len(trees)), n_jobs)
+
+        def partial(idx: np.ndarray) -> np.ndarray:
+            total = np.zeros((len(Xn), len(self.forest_.classes_)))
+            for i in idx:
+                total += trees[i].predict_proba(Xn, check_input=False)
+            return total
+
+        parts = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(partial)(i) for i in slices)
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
+        return out / len(trees)
 
 
 class XGBoostModel(TabularModel):

@@ -5,30 +5,55 @@ command; one nested run per fold. Metric keys are stable across models so the ML
 view lines them up (``test/overall/macro_f1``, ``test/mlra/<slug>/macro_f1``,
 ``truth/overall/macro_f1``...). The default store is SQLite under ``$MISO_BENCH_HOME`` with
 artifacts next to it; ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere.
+
+Every call goes through :class:`mlflow.tracking.MlflowClient` with an explicit run id: nothing
+uses MLflow's global active run, so several runs, studies or trials in one process (or thread)
+never share state.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import yaml
 
 from ..config import home_dir
+from ..errors import MisoBenchError
+from ..provenance import process_alive, process_identity
 
-__all__ = ["Tracker", "default_tracking_uri", "flatten", "serve_ui"]
+__all__ = [
+    "Heartbeat",
+    "RunInProgressError",
+    "Tracker",
+    "default_tracking_uri",
+    "download_run_artifact",
+    "find_model_run",
+    "flatten",
+    "serve_ui",
+]
 
 # mlflow logs database migrations and progress bars we do not want in a CLI's output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+#: The MLflow UI opens experiments with this tag as classic model training, not GenAI traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+class RunInProgressError(MisoBenchError):
+    """A run with the same configuration is still running in a live process."""
 
 
 def _quiet() -> None:
@@ -60,7 +85,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Thin wrapper over MLflow for one command's runs.
+    """MLflow for one experiment, through an explicit client and run ids.
 
     Args:
         experiment: experiment name.
@@ -68,20 +93,11 @@ class Tracker:
     """
 
     def __init__(self, experiment: str, uri: str | None = None) -> None:
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
         _quiet()
-        self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
-        before = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(self.uri)
-        # mlflow exports the URI to the environment; restore the user's own setting so that a
-        # later Tracker in this process resolves its default afresh.
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
-        self.client = mlflow.tracking.MlflowClient(self.uri)
+        self.client = MlflowClient(self.uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             artifact_location = None
@@ -90,43 +106,69 @@ class Tracker:
                 root = home_dir() / "mlartifacts"
                 root.mkdir(parents=True, exist_ok=True)
                 artifact_location = (root / experiment.replace("/", "__")).as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_location
-            )
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND])
+                )
+            except Exception:  # created meanwhile by another process: use that one
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
         else:
             self.experiment_id = found.experiment_id
         self.experiment = experiment
 
     # --- runs ---------------------------------------------------------------------------
+    def start_run(
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_id: str | None = None,
+    ) -> str:
+        """Create a RUNNING run (nested under ``parent_id`` when given); its id."""
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        return str(run.info.run_id)
+
     @contextmanager
     def run(
         self,
         name: str,
         tags: Mapping[str, str] | None = None,
-        nested: bool = False,
+        parent_id: str | None = None,
         run_id: str | None = None,
     ) -> Iterator[str]:
-        """Start (or resume, with ``run_id``) a run; it ends FINISHED, FAILED or KILLED."""
-        mlflow = self._mlflow
-        run = mlflow.start_run(
-            run_id=run_id,
-            run_name=None if run_id else name,
-            experiment_id=self.experiment_id,
-            nested=nested,
-            tags=dict(tags or {}),
-        )
+        """A run (new, or resumed with ``run_id``) that ends FINISHED, KILLED (interrupted:
+        Ctrl-C, SIGTERM) or FAILED."""
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            if tags:
+                self.set_tags(run_id, tags)
+        else:
+            run_id = self.start_run(name, tags, parent_id)
         try:
-            yield run.info.run_id
+            yield run_id
         except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")
+            self.client.set_terminated(run_id, status="KILLED")
             raise
         except BaseException:
-            mlflow.end_run(status="FAILED")
+            self.client.set_terminated(run_id, status="FAILED")
             raise
-        mlflow.end_run(status="FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED")
 
-    def find_resumable(self, config_hash: str) -> tuple[str, dict[int, str]] | None:
-        """An unfinished parent run with the same config hash and its finished fold runs."""
+    def find_resumable(self, config_hash: str) -> tuple[str, dict[str, str]] | None:
+        """An unfinished parent run with the same config hash and its finished fold runs
+        (fold name -> run id).
+
+        A RUNNING run whose process died (SIGKILL, a lost machine) is taken over; its
+        unfinished fold runs are marked KILLED.
+
+        Raises:
+            RunInProgressError: that run is still running in a live process.
+        """
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.config_hash = '{config_hash}' and tags.run_level = 'parent'",
@@ -135,67 +177,188 @@ class Tracker:
         )
         if not runs or runs[0].info.status == "FINISHED":
             return None
-        parent = runs[0].info.run_id
+        parent = runs[0]
+        if parent.info.status == "RUNNING" and process_alive(parent.data.tags):
+            t = parent.data.tags
+            raise RunInProgressError(
+                f"the same run is in progress: MLflow run {parent.info.run_id} in process "
+                f"{t.get('pid', '?')} on {t.get('host', '?')} (fix: wait for it to finish, "
+                "or stop it; a rerun then resumes its finished folds)"
+            )
         children = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent}' and "
-            "attributes.status = 'FINISHED'",
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
-        done = {int(c.data.tags["fold"]): c.info.run_id for c in children if "fold" in c.data.tags}
-        return parent, done
+        done: dict[str, str] = {}
+        for child in children:
+            fold = child.data.tags.get("fold")
+            if child.info.status == "FINISHED" and fold is not None:
+                done[fold] = child.info.run_id
+            elif child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, status="KILLED")
+        return parent.info.run_id, done
 
     # --- logging ------------------------------------------------------------------------
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log parameters (batched)."""
-        items = list(flatten(params).items())
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log parameters (flattened, batched)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
         for start in range(0, len(items), 90):
-            self._mlflow.log_params(dict(items[start : start + 90]))
+            self.client.log_batch(run_id, params=items[start : start + 90])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite metrics (batched)."""
-        clean = {
-            k: float(v)
-            for k, v in metrics.items()
-            if v is not None and pd.notna(v) and abs(float(v)) != float("inf")
-        }
-        items = list(clean.items())
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int | None = None
+    ) -> list[str]:
+        """Log the finite metrics (batched); return the keys left out as NaN or infinite."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items, dropped = [], []
+        for key, value in metrics.items():
+            v = None if value is None else float(value)
+            if v is None or not np.isfinite(v):
+                dropped.append(key)
+                continue
+            items.append(Metric(key, v, now, step or 0))
         for start in range(0, len(items), 900):
-            self._mlflow.log_metrics(dict(items[start : start + 900]), step=step)
+            self.client.log_batch(run_id, metrics=items[start : start + 900])
+        return dropped
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set tags on the active run."""
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags on a run (batched)."""
+        from mlflow.entities import RunTag
 
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for start in range(0, len(items), 90):
+            self.client.log_batch(run_id, tags=items[start : start + 90])
+
+    def log_artifact(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         """Upload a file."""
-        self._mlflow.log_artifact(str(path), artifact_path=folder)
+        self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
-    def log_yaml(self, data: Mapping[str, Any], name: str) -> None:
+    def log_folder(self, run_id: str, path: str | Path, folder: str) -> None:
+        """Upload a folder's files under ``folder``."""
+        self.client.log_artifacts(run_id, str(path), artifact_path=folder)
+
+    def log_yaml(self, run_id: str, data: Mapping[str, Any], name: str) -> None:
         """Upload a mapping as YAML."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
-            self.log_artifact(path)
+            self.log_artifact(run_id, path)
 
-    def log_figure(self, fig: Any, name: str) -> None:
+    def log_figure(self, run_id: str, fig: Any, name: str) -> None:
         """Upload a matplotlib figure as PNG under ``figures/``."""
-        self._mlflow.log_figure(fig, f"figures/{name}")
+        self.client.log_figure(run_id, fig, f"figures/{name}")
 
-    def download(self, run_id: str, path: str) -> Path:
-        """Download an artifact of a run to a temporary folder."""
-        return Path(self._mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+    def download(self, run_id: str, path: str, dst: str | Path | None = None) -> Path:
+        """Download an artifact (file or folder) of a run; to a temporary folder by default."""
+        target = str(dst) if dst is not None else tempfile.mkdtemp(prefix="miso-bench-")
+        return Path(self.client.download_artifacts(run_id, path, target))
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """Latest metrics of a run."""
         return dict(self.client.get_run(run_id).data.metrics)
 
-    def run_url(self, run_id: str) -> str:
-        """Where to see the run (a UI path relative to the server root)."""
-        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """Tags of a run."""
+        return dict(self.client.get_run(run_id).data.tags)
+
+
+def _client(uri: str | None) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    _quiet()
+    return MlflowClient(uri or default_tracking_uri())
+
+
+def find_model_run(run_id: str, fold: str, uri: str | None = None) -> str:
+    """The run holding the model of ``fold`` (``final`` or a fold number) of a benchmark run.
+
+    ``run_id`` may be the parent run or a fold's own run.
+
+    Raises:
+        MisoBenchError: unknown run, no such fold, or no model logged.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise MisoBenchError(
+            f"no MLflow run {run_id!r} in {uri or default_tracking_uri()} (fix: copy the run "
+            "id from `miso-bench run`'s output or the MLflow UI; pass --tracking-uri for "
+            "another store)"
+        ) from exc
+    tags = run.data.tags
+    if tags.get("run_level") in ("fold", "final"):
+        return run_id
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.fold = '{fold}' "
+        "and attributes.status = 'FINISHED'",
+    )
+    if not children:
+        hint = (
+            "it was run with refit=false (fix: load a fold, e.g. fold=0, or rerun with refit)"
+            if fold == "final"
+            else f"it has folds 0..{int(tags.get('n_folds', '1')) - 1}"
+        )
+        raise MisoBenchError(f"run {run_id} has no finished model for fold {fold!r}: {hint}")
+    found = children[0].info.run_id
+    if not any(a.path == "model" for a in client.list_artifacts(found)):
+        raise MisoBenchError(
+            f"run {found} (fold {fold}) holds no model: it was logged with "
+            "tracking.log_models=false"
+        )
+    return str(found)
+
+
+def download_run_artifact(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
+    """Download a run's artifact (file or folder) into ``dst``."""
+    return Path(_client(uri).download_artifacts(run_id, path, str(dst)))
+
+
+class Heartbeat:
+    """Keeps a run's ``heartbeat`` tag fresh from a background thread (with ``host``/``pid``
+    tags it tells other processes that the run is alive; see
+    :func:`miso_bench.provenance.process_alive`).
+
+    Args:
+        tracker: the tracker.
+        run_id: the run.
+        every_s: seconds between beats.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, every_s: float = 30.0) -> None:
+        self.tracker, self.run_id, self.every_s = tracker, run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.tracker.set_tags(self.run_id, {"heartbeat": f"{time.time():.0f}"})
+            except Exception:  # a beat lost to a busy store is retried at the next one
+                continue
+
+    def __enter__(self) -> Heartbeat:
+        self.tracker.set_tags(self.run_id, process_identity())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) -> int:
-    """Run ``mlflow server`` on the default store (light settings) until interrupted."""
+    """Run ``mlflow server`` on the default store (light settings) until interrupted.
+
+    Ctrl-C or SIGTERM stops the server and its workers (its own process group) before
+    returning.
+    """
     backend = uri or default_tracking_uri()
     cmd = [
         sys.executable,
@@ -215,10 +378,24 @@ def serve_ui(port: int = 5000, host: str = "127.0.0.1", uri: str | None = None) 
         cmd += ["--default-artifact-root", (home_dir() / "mlartifacts").as_uri()]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print(f"MLflow UI: http://{host}:{port}  (store: {backend}; Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into it by the CLI
         return 0
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Terminate a child started in its own session and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -6,7 +6,10 @@
   jump at the end of warm-up);
 - gradient clipping; bf16 autocast and channels-last on CUDA;
 - model selection and early stopping on a validation score computed by the caller on the
-  inner validation split (never the test fold);
+  inner validation split (never the test fold); without a validation split (``validate``
+  returns None) the last epoch is kept and training runs every epoch;
+- a per-epoch callback (progress bars, pruning): if it raises, training stops on every rank
+  and the exception reaches the caller;
 - ``best.pt`` and ``last.pt`` checkpoints; an interrupted fit resumes from ``last.pt``;
 - data parallel on several devices inside a process group (:mod:`.distributed`): the module
   is wrapped in DDP, rank 0 validates (its score is broadcast so that every rank stops at the
@@ -62,13 +65,15 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a fit did: per-epoch history, best epoch and score, whether it resumed."""
+    """What a fit did: per-epoch history, best epoch and score, whether it resumed, and
+    whether another rank's callback stopped it."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = -math.inf
     resumed_from: int | None = None
     seconds: float = 0.0
+    stopped: bool = False
 
 
 def param_groups(
@@ -112,13 +117,14 @@ def fit_module(
     batches: Callable[[int], Iterable[Any]],
     steps_per_epoch: int,
     step_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]],
-    validate: Callable[[nn.Module], float],
+    validate: Callable[[nn.Module], float | None],
     cfg: TrainConfig,
     backbone: Sequence[nn.Parameter] = (),
     checkpoint_dir: str | Path | None = None,
-    log: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``module`` and leave it with the weights of the best validation epoch.
+    """Train ``module`` and leave it with the weights of the best validation epoch (or of the
+    last epoch when there is no validation split).
 
     Args:
         module: the network (moved to ``cfg.device``).
@@ -127,12 +133,15 @@ def fit_module(
             each global batch, see :func:`.distributed.shard`).
         steps_per_epoch: batches per epoch (for the schedule).
         step_loss: ``(module, batch) -> (loss, logged parts)``.
-        validate: ``module -> score`` on the inner validation split (higher is better).
+        validate: ``module -> score`` on the inner validation split (higher is better), or
+            None when there is no validation split: then the last epoch is kept.
         cfg: optimisation settings.
         backbone: parameters that get ``backbone_lr_mult``.
         checkpoint_dir: where ``best.pt`` and ``last.pt`` go; an existing ``last.pt`` is
             resumed.
-        log: called after each epoch with its metrics.
+        on_epoch: called on rank 0 after each epoch (and its checkpoint) with the epoch and
+            its record; an exception it raises stops training on every rank and is raised
+            here (other ranks return what they have).
     """
     start = time.perf_counter()
     device = torch.device(cfg.device)
@@ -174,7 +183,7 @@ def fit_module(
             best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
     use_amp = cfg.amp and device.type == "cuda"
     for epoch in range(first_epoch, cfg.epochs):
-        if epoch - result.best_epoch > cfg.patience and result.best_epoch >= 0:
+        if result.best_epoch >= 0 and epoch - result.best_epoch > cfg.patience:
             break
         trained.train()
         sums: dict[str, float] = {}
@@ -191,21 +200,33 @@ def fit_module(
             n += 1
             for k, v in {"loss/total": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
+        if world > 1:
+            # Each rank's loss is its share of the global loss times the world size: the mean
+            # over ranks is the loss of the global batch (what one process would log).
+            keys = sorted(sums)
+            totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            sums = {k: float(v) / world for k, v in zip(keys, totals.tolist(), strict=True)}
         module.eval()
         score = None
         if rank == 0:
             with torch.no_grad():
-                score = float(validate(module))
-        score = float(broadcast(score))
+                score = validate(module)
+        score = broadcast(None if score is None else float(score))
         record = {
             "epoch": float(epoch),
-            "val/score": score,
+            "epochs": float(cfg.epochs),
             "lr": float(scheduler.get_last_lr()[0]),
             **{k: v / max(n, 1) for k, v in sums.items()},
         }
+        if score is not None:
+            record["val/score"] = float(score)
         result.history.append(record)
-        if score > result.best_score:
-            result.best_score, result.best_epoch = score, epoch
+        # Without validation every epoch "improves": the last one is kept, none stops early.
+        improved = score is None or float(score) > result.best_score
+        if improved:
+            result.best_score = -math.inf if score is None else float(score)
+            result.best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             if writer is not None:
                 writer.mkdir(parents=True, exist_ok=True)
@@ -225,8 +246,17 @@ def fit_module(
                 },
                 writer / "last.pt",
             )
-        if log and rank == 0:
-            log(epoch, record)
+        stop: BaseException | None = None
+        if on_epoch is not None and rank == 0:
+            try:
+                on_epoch(epoch, record)
+            except BaseException as exc:  # re-raised below, after every rank agreed to stop
+                stop = exc
+        if bool(broadcast(stop is not None)):
+            if stop is not None:
+                raise stop
+            result.stopped = True
+            break
     if best_state is not None:
         module.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start

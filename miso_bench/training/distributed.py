@@ -21,7 +21,15 @@ import torch.distributed as dist
 
 from ..errors import MisoBenchError
 
-__all__ = ["broadcast", "device_count", "launch", "process_group", "shard"]
+__all__ = [
+    "broadcast",
+    "device_count",
+    "gather_rows",
+    "global_sum",
+    "launch",
+    "process_group",
+    "shard",
+]
 
 
 def shard() -> tuple[int, int]:
@@ -38,6 +46,64 @@ def broadcast(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum of ``value`` over all ranks (detached; ``value`` itself outside a group).
+
+    Losses divide by it to normalise by the *global* batch: a rank's loss is then its share of
+    the one-process loss, and DDP's gradient average reproduces the one-process gradient.
+    """
+    total = value.detach().clone()
+    if shard()[1] > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def gather_rows(value: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, int]:
+    """Concatenate every rank's ``value`` along ``dim``, differentiably.
+
+    Ranks may hold different numbers of rows (a global batch split unevenly): rows are padded
+    for the collective and the padding dropped. Gradients flow back to each rank's own rows
+    (``torch.distributed.nn.functional.all_gather``).
+
+    Returns:
+        The gathered tensor (rank 0's rows first) and the position of this rank's first row.
+    """
+    rank, world = shard()
+    if world == 1:
+        return value, 0
+    n = torch.tensor([value.shape[dim]], device=value.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(c.item()) for c in sizes]
+    most = max(counts)
+    padded = value
+    if value.shape[dim] < most:
+        shape = list(value.shape)
+        shape[dim] = most - value.shape[dim]
+        padded = torch.cat([value, value.new_zeros(shape)], dim=dim)
+    parts = _GatherRows.apply(padded.contiguous())  # (world, *padded.shape)
+    rows = [parts[r].narrow(dim, 0, c) for r, c in enumerate(counts)]
+    return torch.cat(rows, dim=dim), sum(counts[:rank])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather with a gradient: each rank's rows receive the sum over ranks of the
+    gradients flowing into them (all-reduce of the gathered gradient, then this rank's part:
+    works on Gloo and NCCL alike)."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, value)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[dist.get_rank()]
 
 
 def device_count(device_type: str) -> int:

@@ -1,6 +1,7 @@
 """Splitter properties (scikit-learn's test_group_kfold style): assert properties, not outputs."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from miso_bench.cv.splitters import (
     SpatialBlockKFold,
     estimate_autocorrelation_range,
 )
-from miso_bench.errors import MisoBenchError
+from miso_bench.errors import MisoBenchError, MisoBenchWarning
 from miso_bench.spatial import block_ids
 
 
@@ -145,9 +146,19 @@ def test_autocorrelation_range_tracks_the_patch_size():
     ranges = []
     for patch_m in (500, 4000):
         y = (block_ids(X[:, 0], X[:, 1], patch_m) * 7919 % 3).astype(int)
-        ranges.append(estimate_autocorrelation_range(X, y))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ranges.append(estimate_autocorrelation_range(X, y))
+        # The 4 km patches reach the 10 km cap of the fit: that is said, not silent.
+        assert bool(caught) == (patch_m == 4000)
     assert ranges[0] < ranges[1]
     assert 100 <= ranges[0] <= 2500 and 1500 <= ranges[1] <= 10_000
+
+
+def test_autocorrelation_fallbacks_are_warnings():
+    X = np.random.default_rng(0).uniform(0, 5000, size=(200, 2))
+    with pytest.warns(MisoBenchWarning, match="cannot be estimated"):
+        assert estimate_autocorrelation_range(X, np.zeros(200, dtype=int)) == 10_000
 
 
 def test_inner_validation_split_stays_inside_the_training_fold():

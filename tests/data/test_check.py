@@ -200,11 +200,10 @@ def test_broken_manifest_is_one_problem(tiny_copy, capsys):
 
 def test_float32_nodata_like_the_reference_is_masked(tiny_copy):
     """-3e38 in a float32 file is -3.0000000054977558e38: compare in the file's dtype."""
-    from miso_bench.data.chips import PedonChipDataset
+    from miso_bench.data.chips import ChipSource, PedonChipDataset
     from miso_bench.data.features import extract_point_features
     from miso_bench.data.manifest import load_manifest
     from miso_bench.data.pedons import PedonDataset
-    from miso_bench.data.rasters import open_stack
 
     for path in sorted((tiny_copy / "terrain").glob("*.tif")):
 
@@ -224,9 +223,8 @@ def test_float32_nodata_like_the_reference_is_masked(tiny_copy):
         x, y = src.xy(2, 2)
     feats = extract_point_features(m, np.array([x]), np.array([y]), modalities=["terrain"])
     assert feats.isna().all(axis=1).iloc[0]
-    stack, parts = open_stack(m)
     table = PedonDataset(m).table.iloc[[0]].copy()
     table["x"], table["y"] = x, y
-    sample = PedonChipDataset(stack, parts, table, chip_size_px=8)[0]
+    sample = PedonChipDataset(ChipSource(m), table, chip_size_px=8)[0]
     terrain = slice(9, 16)
     assert not sample["valid"][terrain][:, 4, 4].any()

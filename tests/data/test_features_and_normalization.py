@@ -39,6 +39,18 @@ def test_features_equal_direct_rasterio_sampling(tiny):
     assert feats.iloc[-2:].isna().all().all()
 
 
+def test_points_read_block_by_block_give_the_same_values(tiny, monkeypatch):
+    """Full-size tiles are read in blocks of points, never whole: same values."""
+    import miso_bench.data.features as features
+
+    table = PedonDataset(tiny).table
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+    whole = extract_point_features(tiny, x, y, window_px=3)
+    monkeypatch.setattr(features, "READ_BLOCK_PX", 16)
+    blocks = extract_point_features(tiny, x, y, window_px=3)
+    np.testing.assert_array_equal(whole.to_numpy(), blocks.to_numpy())
+
+
 def test_window_mean_of_valid_pixels(tiny):
     path = tiny.modality_files("terrain")[0]
     with rasterio.open(path) as src:

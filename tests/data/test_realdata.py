@@ -5,7 +5,7 @@ import pytest
 
 from miso_bench.cli import main
 from miso_bench.data.check import check_dataset
-from miso_bench.data.chips import PedonChipDataset
+from miso_bench.data.chips import ChipSource, PedonChipDataset
 from miso_bench.data.features import extract_point_features
 from miso_bench.data.info import dataset_summary
 from miso_bench.data.manifest import load_manifest
@@ -34,22 +34,22 @@ def test_eberg_loads_through_the_same_classes(eberg):
     # Categorical 100 m codes stay integral codes.
     codes = feats.loc[on_grid, "PRMGEO6"].dropna()
     assert np.allclose(codes, np.round(codes))
-    outside = PedonChipDataset(stack, parts, kept[~on_grid.to_numpy()].iloc[:3], chip_size_px=8)
+    source = ChipSource(eberg)  # the 100 m grid is warped onto the 25 m grid (nearest)
+    outside = PedonChipDataset(source, kept[~on_grid.to_numpy()].iloc[:3], chip_size_px=8)
     assert not outside[0]["valid"].any()  # off the grids: fully masked, no exception
     inside = kept[on_grid.to_numpy()]
-    ds = PedonChipDataset(stack, parts, inside, chip_size_px=8)
+    ds = PedonChipDataset(source, inside, chip_size_px=8)
     sample = ds[0]
     assert sample["image"].shape == (9, 8, 8)
     # The 100 m categorical bands are upsampled by nearest neighbour: still codes.
     geology = sample["image"][7][sample["valid"][7]]
     assert np.allclose(geology.numpy(), np.round(geology.numpy()))
-    np.testing.assert_allclose(
-        sample["image"][:4, 4, 4].numpy(),
-        feats.iloc[int(np.flatnonzero(on_grid)[0])][
-            ["DEMTOPx", "TWITOPx", "NVILANx", "HBTSOLx"]
-        ].to_numpy(dtype=np.float32),
-        equal_nan=True,
-    )
+    expected = feats.iloc[int(np.flatnonzero(on_grid)[0])][
+        ["DEMTOPx", "TWITOPx", "NVILANx", "HBTSOLx"]
+    ].to_numpy(dtype=np.float32)
+    valid = sample["valid"][:4, 4, 4].numpy()
+    np.testing.assert_array_equal(valid, ~np.isnan(expected))
+    np.testing.assert_array_equal(sample["image"][:4, 4, 4].numpy()[valid], expected[valid])
 
 
 def test_window_means_keep_class_codes(eberg):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import rasterio
 
-from miso_bench.data.info import dataset_fingerprint
+from miso_bench.data.cache import dataset_fingerprint
 from miso_bench.data.manifest import load_manifest
 from miso_bench.data.synthetic import PRESETS, generate_synthetic_alaska
 from miso_bench.data.synthetic.landscape import S2_BANDS, TAX_ORDERS

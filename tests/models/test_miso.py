@@ -7,13 +7,16 @@ import pytest
 import torch
 from torch import nn
 
+from miso_bench.data.chips import ChipSource
+from miso_bench.data.manifest import load_manifest
+from miso_bench.data.normalization import Normalizer, compute_band_stats
 from miso_bench.data.pedons import PedonDataset
 from miso_bench.errors import MisoBenchError
-from miso_bench.models import MODELS, build_model
+from miso_bench.models import MODELS, FoldContext, build_model, load_fitted, save_fitted
 from miso_bench.models.miso.backbones import SwinEncoder, load_satlas_state_dict
 from miso_bench.models.miso.inr import LocalImplicitQuery, corner_weights
-from miso_bench.models.miso.location import LocationEncoder, Space2Vec, normalize_3338
-from miso_bench.models.miso.losses import MisoLoss, info_nce, supervised_loss
+from miso_bench.models.miso.location import LocationEncoder, LocationNormalizer, Space2Vec
+from miso_bench.models.miso.losses import MisoLoss, info_nce, merged_aux, supervised_loss
 from miso_bench.training import TrainConfig, cosine_with_warmup, fit_module
 
 CHIP_MODELS = [n for n in MODELS.list() if MODELS.get(n).kind == "chips"]
@@ -28,23 +31,32 @@ def pedons(tiny):
     return X, kept["target"].to_numpy()
 
 
+def make_context(manifest, **kwargs) -> FoldContext:
+    source = ChipSource(manifest)
+    return FoldContext(
+        source=source,
+        normalizer=Normalizer(compute_band_stats(manifest), source.band_names),
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
-def shared():
-    return {}
+def context(tiny):
+    return make_context(tiny)
+
+
+SMALL = {"epochs": 1, "batch_size": 8, "chip_size_px": 32, "preset": "cpu", "device": "cpu"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CHIP_MODELS)
-def test_every_miso_entry_trains_one_step_and_predicts(name, tiny, pedons, shared):
+def test_every_miso_entry_trains_one_step_and_predicts(name, tiny, pedons, context):
     X, y = pedons
-    model = build_model(
-        name,
-        {"epochs": 1, "batch_size": 8, "chip_size_px": 32, "preset": "cpu", "device": "cpu"},
-        n_classes=7,
-        seed=0,
+    model = build_model(name, SMALL, n_classes=7, seed=0)
+    ctx = FoldContext(
+        source=context.source, normalizer=context.normalizer, exclude_xy=X.iloc[60:70].to_numpy()
     )
-    model.bind(tiny, exclude_xy=X.iloc[60:70].to_numpy(), shared=shared)
-    model.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32])
+    model.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32], context=ctx)
     proba = model.predict_proba(X.iloc[40:50])
     assert proba.shape == (10, 7) and np.allclose(proba.sum(1), 1, atol=1e-5)
     many = model.predict_points(X.iloc[40:50])
@@ -54,7 +66,7 @@ def test_every_miso_entry_trains_one_step_and_predicts(name, tiny, pedons, share
     assert model.run_tags()["pretrained_weights"] == "none"
 
 
-def test_binary_miso_predicts_two_columns(tiny, shared):
+def test_binary_miso_predicts_two_columns(tiny, context):
     kept, _ = PedonDataset(tiny).labelled("pf1m")
     X = pd.DataFrame({"coord_x": kept["x"].to_numpy(), "coord_y": kept["y"].to_numpy()})
     y = kept["target"].to_numpy()
@@ -64,7 +76,7 @@ def test_binary_miso_predicts_two_columns(tiny, shared):
         n_classes=2,
         seed=0,
     )
-    model.bind(tiny, shared=shared).fit(X.iloc[:16], y[:16], X.iloc[16:24], y[16:24])
+    model.fit(X.iloc[:16], y[:16], X.iloc[16:24], y[16:24], context=context)
     proba = model.predict_proba(X.iloc[:5])
     assert proba.shape == (5, 2) and np.allclose(proba.sum(1), 1)
 
@@ -114,8 +126,10 @@ def test_x_axis_is_columns_not_rows():
 
 # --- location -------------------------------------------------------------------------------
 def test_location_normalisation_and_encodings():
-    xy = torch.tensor([[-2_199_995.0, 2_400_005.0], [1_500_005.0, 5.0]])
-    torch.testing.assert_close(normalize_3338(xy), torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    norm = LocationNormalizer.from_extent((-100.0, 20.0, 300.0, 60.0))
+    xy = torch.tensor([[-100.0, 60.0], [300.0, 20.0], [100.0, 40.0]], dtype=torch.float64)
+    torch.testing.assert_close(norm(xy), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
+    assert LocationNormalizer.from_dict(norm.to_dict()) == norm
     grid = Space2Vec("gridcell", n_freq=16)
     theory = Space2Vec("theory", n_freq=16)
     pts = torch.rand(5, 2) * 2 - 1
@@ -228,7 +242,7 @@ def test_checkpoint_resume_gives_the_same_result(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         fit_module(
-            net2, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path, log=stop_after_two
+            net2, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path, on_epoch=stop_after_two
         )
     net3, batches, step, validate = _toy(123)  # fresh weights: everything comes from disk
     result = fit_module(net3, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path)
@@ -245,24 +259,31 @@ def test_schedule_is_continuous_and_warms_up():
     assert factors[-1] == pytest.approx(0.05, abs=0.01)
 
 
-def test_unlabelled_chips_never_cover_the_test_fold(tiny, pedons, shared):
-    from scipy.spatial import cKDTree
-
+def test_unlabelled_chips_never_cover_the_test_fold(tiny, pedons, context):
     X, _ = pedons
     xy = X.to_numpy()
     test_xy = xy[::3]
     model = build_model("miso", {"chip_size_px": 32, "preset": "cpu"}, n_classes=7, seed=0)
-    model.bind(tiny, exclude_xy=test_xy, shared=shared)
-    model._size, model._grid = 32, shared["grid"]
+    model.attach(context.source)
+    model._size, model._exclude = 32, test_xy
     centres = model._unlabeled_centres(xy[1::3, 0], xy[1::3, 1], 200, np.random.default_rng(0))
     assert len(centres) > 0
-    dist, _ = cKDTree(test_xy).query(centres)
-    half_diagonal = 32 * 10.0 / 2 * np.sqrt(2)
-    assert dist.min() > half_diagonal  # no test pedon inside any unlabelled chip
+    grid = context.source.grid
+    for cx, cy in centres:  # no test pedon inside any unlabelled chip
+        r, c = grid.pixel_of(np.array([cx]), np.array([cy]))
+        r0, c0 = r[0] - 16, c[0] - 16
+        xmin, xmax, ymin, ymax = grid.bounds_of(int(r0), int(c0), 32, 32)
+        inside = (
+            (test_xy[:, 0] >= xmin)
+            & (test_xy[:, 0] < xmax)
+            & (test_xy[:, 1] > ymin)
+            & (test_xy[:, 1] <= ymax)
+        )
+        assert not inside.any()
 
 
 @pytest.mark.slow
-def test_miso_runs_under_the_benchmark_runner(tiny_dir, home):
+def test_miso_runs_under_the_benchmark_runner_and_loads_back(tiny_dir, home):
     from mlflow.tracking import MlflowClient
 
     from miso_bench.config import resolve_config
@@ -289,3 +310,97 @@ def test_miso_runs_under_the_benchmark_runner(tiny_dir, home):
     assert run.data.tags["miso_preset"] == "cpu"
     assert run.data.tags["pretrained_weights"] == "none"
     assert not (home / "checkpoints").exists() or not any((home / "checkpoints").rglob("*.pt"))
+
+
+# --- regressions: each of these gave a wrong result without an error ---------------------
+def _fit_small(context, pedons, epochs=1, val=True, **params):
+    X, y = pedons
+    model = build_model("miso", {**SMALL, "epochs": epochs, **params}, n_classes=7, seed=0)
+    if val:
+        model.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32], context=context)
+    else:
+        model.fit(X.iloc[:24], y[:24], context=context)
+    return model
+
+
+def test_a_nested_override_merges_with_the_default_auxiliary_losses(context, pedons):
+    """`--set model.params.aux.visual_geo_nce=0.2` keeps the other auxiliary losses on."""
+    from miso_bench.config import resolve_config
+
+    cfg = resolve_config(None, None, ["model.name=miso", "model.params.aux.visual_geo_nce=0.2"])
+    model = build_model("miso", {**cfg["model"]["params"], **SMALL}, n_classes=7, seed=0)
+    assert merged_aux(model.aux) == {"geo": 1.0, "sat_cov_nce": 0.1, "visual_geo_nce": 0.2}
+    X, y = pedons
+    model.fit(X.iloc[:16], y[:16], context=context)
+    assert {"loss/geo", "loss/sat_cov_nce", "loss/visual_geo_nce"} <= set(model.history_[0])
+    # A variant's own switches survive an override of another key.
+    ablation = build_model("miso_no_contrastive", {"aux": {"visual_geo_nce": 0.2}}, 7, 0)
+    assert merged_aux(ablation.aux) == {"geo": 1.0, "sat_cov_nce": 0.0, "visual_geo_nce": 0.2}
+
+
+def test_without_validation_the_last_epoch_is_kept(context, pedons, tmp_path):
+    ctx = FoldContext(source=context.source, normalizer=context.normalizer, checkpoint_dir=tmp_path)
+    model = _fit_small(ctx, pedons, epochs=3, val=False)
+    assert model.best_epoch_ == 2 and len(model.history_) == 3
+    assert all("val/score" not in r for r in model.history_)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for k, v in model.net_.state_dict().items():
+        torch.testing.assert_close(v, last[k])
+
+
+def test_nan_nodata_never_reaches_training_batches(tiny_nan_dir, tiny):
+    """Sentinel-2 with `nodata: .nan`: training sees the same inputs as with integer no-data."""
+    nan = load_manifest(tiny_nan_dir)
+    kept, _ = PedonDataset(nan).labelled("tax_order")
+    X = pd.DataFrame({"coord_x": kept["x"].to_numpy(), "coord_y": kept["y"].to_numpy()})
+    y = kept["target"].to_numpy()
+    model = build_model("miso", SMALL, n_classes=7, seed=0)
+    model.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32], context=make_context(nan))
+    for record in model.history_:
+        assert all(np.isfinite(v) for v in record.values()), record
+    assert all(torch.isfinite(p).all() for p in model.net_.parameters())
+    reference = build_model("miso", SMALL, n_classes=7, seed=0)
+    reference.fit(X.iloc[:24], y[:24], X.iloc[24:32], y[24:32], context=make_context(tiny))
+    assert model.history_[0]["loss/total"] == pytest.approx(reference.history_[0]["loss/total"])
+
+
+def test_location_normaliser_comes_from_the_dataset_extent(context, pedons):
+    model = _fit_small(context, pedons)
+    xmin, ymin, xmax, ymax = context.source.extent()
+    assert model.location_norm_ == LocationNormalizer(xmin, ymin, xmax, ymax)
+
+
+def test_saved_model_predicts_the_same_and_decodes_windows(context, pedons, tmp_path):
+    X, _ = pedons
+    model = _fit_small(context, pedons)
+    save_fitted(model, tmp_path / "m", {"task": "tax_order"})
+    weights = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)  # plain tensors
+    assert set(weights) == set(model.net_.state_dict())
+    loaded, record = load_fitted(tmp_path / "m")
+    assert record["task"] == "tax_order" and record["kind"] == "chips"
+    loaded.attach(context.source)
+    np.testing.assert_allclose(
+        loaded.predict_proba(X.iloc[40:50]), model.predict_proba(X.iloc[40:50]), atol=1e-5
+    )
+    # decode_window on a grid tile equals the tile path of predict_points at pixel centres.
+    grid = context.source.grid
+    r, c = grid.pixel_of(X["coord_x"].to_numpy()[:1], X["coord_y"].to_numpy()[:1])
+    r0, c0 = int(r[0] // 32 * 32), int(c[0] // 32 * 32)
+    image, valid = context.source.window(r0, c0, 32, 32)
+    probs = loaded.decode_window(image, valid, grid.bounds_of(r0, c0, 32, 32))
+    assert probs.shape == (7, 32, 32)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    rows, cols = np.array([3, 17, 30]), np.array([5, 0, 31])
+    xmin, _, _, ymax = grid.bounds_of(r0, c0, 32, 32)
+    pts = pd.DataFrame(
+        {"coord_x": xmin + (cols + 0.5) * grid.res, "coord_y": ymax - (rows + 0.5) * grid.res}
+    )
+    np.testing.assert_allclose(loaded.predict_points(pts), probs[:, rows, cols].T, atol=1e-5)
+    with pytest.raises(MisoBenchError, match="bands"):
+        loaded.decode_window(image[:5], valid[:5], grid.bounds_of(r0, c0, 32, 32))
+
+
+def test_fit_without_a_context_is_a_clear_error(pedons):
+    X, y = pedons
+    with pytest.raises(MisoBenchError, match="context"):
+        build_model("miso", SMALL, 7, 0).fit(X.iloc[:8], y[:8])

@@ -249,8 +249,8 @@ def _build_site(args: tuple[str, int, int, int, int, float, str]) -> _SiteResult
     truth = pd.DataFrame(
         {
             "site": name,
-            "x_3338": xmin + (tc + 0.5) * RES_M,
-            "y_3338": ymax - (tr + 0.5) * RES_M,
+            "x": xmin + (tc + 0.5) * RES_M,
+            "y": ymax - (tr + 0.5) * RES_M,
             "pf1m": land.pf1m[tr, tc].astype(np.int8),
             "tax_order": [TAX_ORDERS[o] for o in land.tax_order[tr, tc]],
             "cover": land.cover[tr, tc],

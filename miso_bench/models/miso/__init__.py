@@ -6,7 +6,7 @@ from .estimator import PRESETS, MisoModel
 
 __all__ = ["PRESETS", "MisoModel"]
 
-_FEATURES = ("coords",)  # the runner hands MISO pedon coordinates; it reads its own chips
+_FEATURES = ("coords",)  # the engine hands MISO pedon coordinates; it reads its own chips
 
 register_model(
     "miso",
@@ -20,7 +20,7 @@ register_model(
 register_model(
     "miso_no_geo",
     MisoModel,
-    {"decoder": "visual_only", "aux": {"sat_cov_nce": 0.1}},
+    {"decoder": "visual_only", "aux": {"geo": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
     description="MISO without the location branch",
@@ -28,7 +28,7 @@ register_model(
 register_model(
     "miso_no_contrastive",
     MisoModel,
-    {"aux": {"geo": 1.0}},
+    {"aux": {"sat_cov_nce": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
     description="MISO without the InfoNCE terms",
@@ -36,7 +36,7 @@ register_model(
 register_model(
     "miso_sat_only",
     MisoModel,
-    {"use_cov": False, "aux": {"geo": 1.0, "visual_geo_nce": 0.1}},
+    {"use_cov": False, "aux": {"sat_cov_nce": 0.0}},
     _FEATURES,
     kind="chips",
     description="MISO on Sentinel-2 alone (no terrain/climate)",
@@ -84,7 +84,7 @@ register_model(
 register_model(
     "geo_only",
     MisoModel,
-    {"decoder": "geo_only", "aux": {}},
+    {"decoder": "geo_only", "aux": {"geo": 0.0, "sat_cov_nce": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
     description="location encoder alone (no imagery)",

@@ -1,19 +1,25 @@
-"""MISO as a scikit-learn-style estimator that the benchmark runner drives like the trees.
+"""MISO as a chip model (:class:`~miso_bench.models.base.ChipModel`) that the fold engine drives
+like the trees.
 
-The runner passes, per fold, a feature table whose rows are pedons (index: pedon id,
-columns ``coord_x``/``coord_y``) and the labels; before ``fit`` it calls :meth:`bind` with the
-dataset (and the coordinates of the test fold, used *only* to keep unlabelled chips away
-from the test area). The estimator cuts chips around the pedons, trains with the inner
-validation split for model selection, and predicts pedons with centred chips
-(:meth:`predict_proba`) or many points per chip through the implicit decoder
-(:meth:`predict_points`, used for the truth sample and maps).
+Per fit the engine passes a feature table whose rows are pedons (index: pedon id, columns
+``coord_x``/``coord_y`` in the dataset CRS), the labels, the inner validation split and a
+:class:`~miso_bench.models.base.FoldContext` (the chip source, the coordinates no training
+chip may cover, a checkpoint folder, a per-epoch callback). The estimator cuts chips around the
+pedons, trains with the inner validation split for model selection (the last epoch without
+one), and predicts pedons with centred chips (:meth:`predict_proba`) or many points per chip
+through the implicit decoder (:meth:`predict_points`, :meth:`decode_window`: the truth sample
+and maps). A trained model saves its weights, normalisation statistics, grid and location
+normaliser, and predicts again after :func:`~miso_bench.models.base.load_fitted`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from dataclasses import asdict
+import contextlib
+import json
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +27,20 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.spatial import cKDTree
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import f1_score
 
-from ...data.chips import (
-    FootprintCache,
-    GridSpec,
-    PedonChipDataset,
-    band_fill,
-    grid_of,
-    valid_pixels,
-)
-from ...data.manifest import DatasetManifest, load_manifest
-from ...data.normalization import Normalizer, compute_band_stats
-from ...data.rasters import open_stack
+from ...data.chips import ChipSource, GridSpec, PedonChipDataset
+from ...data.normalization import BandStats, Normalizer
 from ...errors import MisoBenchError
 from ...training import TrainConfig, fit_module
 from ...training.distributed import device_count, launch, process_group, shard
+from ..base import ChipModel, EpochCallback, FoldContext
 from .backbones import find_satlas_weights, load_satlas_state_dict, satlas_normalize
-from .location import normalize_3338
-from .losses import MisoLoss
+from .location import LocationNormalizer
+from .losses import MisoLoss, merged_aux
 from .network import MisoConfig, MisoNet
 
-__all__ = ["PRESETS", "MisoModel", "resolve_preset"]
+__all__ = ["PRESETS", "FitStoppedError", "MisoModel", "resolve_preset"]
 
 #: Architecture and schedule presets. ``cpu`` is the paper's architecture at smaller width,
 #: depth and chip size (chosen automatically without a GPU); ``paper`` is Swin-V2-B at 256 px.
@@ -79,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unlabeled_ratio": 0.5,
     },
 }
+S2_MODALITY = "sentinel2"
 
 
 def resolve_preset(preset: str) -> str:
@@ -90,7 +88,11 @@ def resolve_preset(preset: str) -> str:
     return preset
 
 
-class MisoModel(ClassifierMixin, BaseEstimator):
+class FitStoppedError(Exception):
+    """A data-parallel fit was stopped by the caller's per-epoch callback."""
+
+
+class MisoModel(ChipModel):
     """The MISO model family (see :mod:`miso_bench.models.miso.network`).
 
     Args:
@@ -99,9 +101,10 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         preset: ``auto``, ``cpu`` or ``paper`` (architecture, chip size, schedule).
         decoder: ``dual``, ``naive``, ``attn``, ``visual_only`` or ``geo_only``.
         query: ``implicit`` (INR) or ``center`` (ablation: chip-centre features only).
-        use_cov: use the terrain + climate covariates (second encoder).
+        use_cov: use the other modalities (terrain, climate) as covariates (second encoder).
         location: ``gridcell`` or ``theory`` location encoding; n_freq its frequencies.
-        aux: auxiliary losses and weights (``geo``, ``sat_cov_nce``, ``visual_geo_nce``).
+        aux: auxiliary loss weights, merged key by key over ``geo: 1.0, sat_cov_nce: 0.1,
+            visual_geo_nce: 0.1`` (a weight of 0 switches a term off).
         temperature: InfoNCE temperature.
         pretrained: ``auto`` (Satlas weights when found locally), ``none``, or a file path.
         unlabeled_ratio: extra unlabelled chips per labelled chip (contrastive terms only;
@@ -111,12 +114,11 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         epochs, batch_size, lr, patience, chip_size_px: override the preset.
         backbone_lr_mult: learning-rate multiplier of the image encoders.
         class_weighting: ``none`` or ``sqrt_inverse`` class weights.
+        drop_path: stochastic depth of the Swin encoders; dropout: of the location MLP.
         device: ``auto``, ``cpu`` or ``cuda``.
         devices: processes training data-parallel (one per GPU; on CPU, each gets a share
             of the cores); ``-1`` = every visible GPU. ``batch_size`` is the global batch.
     """
-
-    needs_validation = True
 
     def __init__(
         self,
@@ -142,6 +144,8 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         chip_size_px: int | None = None,
         backbone_lr_mult: float = 1.0,
         class_weighting: str = "sqrt_inverse",
+        drop_path: float = 0.1,
+        dropout: float = 0.1,
         device: str = "auto",
         devices: int = 1,
     ) -> None:
@@ -167,54 +171,12 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         self.chip_size_px = chip_size_px
         self.backbone_lr_mult = backbone_lr_mult
         self.class_weighting = class_weighting
+        self.drop_path = drop_path
+        self.dropout = dropout
         self.device = device
         self.devices = devices
 
-    # --- data ---------------------------------------------------------------------------
-    def bind(
-        self,
-        manifest: DatasetManifest,
-        exclude_xy: np.ndarray | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        shared: dict[str, Any] | None = None,
-    ) -> MisoModel:
-        """Attach the dataset.
-
-        Args:
-            manifest: the dataset (needs a ``sentinel2`` modality).
-            exclude_xy: coordinates of the test fold; unlabelled chips never cover them.
-            checkpoint_dir: where to keep ``best.pt``/``last.pt`` (resume after interruption).
-            shared: a dict kept by the caller across folds to reuse the raster cache and the
-                normalisation statistics.
-        """
-        if "sentinel2" not in manifest.modalities:
-            raise MisoBenchError(
-                f"{manifest.path}: MISO needs a `sentinel2` modality (9 bands "
-                "in Satlas order); this dataset has "
-                f"{sorted(manifest.modalities)}"
-            )
-        shared = shared if shared is not None else {}
-        key = str(manifest.path)
-        if shared.get("key") != key:
-            stack, parts = open_stack(manifest)
-            grid = grid_of(parts)
-            nodata = band_fill(parts)
-            stats = compute_band_stats(manifest)
-            shared.update(
-                key=key,
-                stack=stack,
-                parts=parts,
-                grid=grid,
-                cache=FootprintCache(stack, grid, nodata),
-                normalizer=Normalizer(stats, manifest.band_names),
-            )
-        self._shared = shared
-        self._manifest = manifest
-        self._n_s2 = len(manifest.modalities["sentinel2"].bands)
-        self._exclude = None if exclude_xy is None else np.asarray(exclude_xy, dtype=np.float64)
-        self._checkpoint_dir = checkpoint_dir
-        return self
-
+    # --- settings -----------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
         preset = resolve_preset(self.preset)
         s = dict(PRESETS[preset])
@@ -229,95 +191,6 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def _inputs(
-        self, chips: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw chips ``(B, C, H, W)`` -> normalised Sentinel-2 and covariates (masked -> 0)."""
-        n = self._n_s2
-        s2 = satlas_normalize(chips[:, :n]) * valid[:, :n]
-        cov = None
-        if self.use_cov and chips.shape[1] > n:
-            cov = self._shared["normalizer"](chips, valid)[:, n:]
-        return s2, cov
-
-    def _chip_dataset(
-        self, x: np.ndarray, y: np.ndarray, jitter: int, seed: int
-    ) -> PedonChipDataset:
-        table = pd.DataFrame({"id": np.arange(len(x)), "x": x, "y": y})
-        return PedonChipDataset(
-            self._shared["stack"],
-            self._shared["parts"],
-            table,
-            self._size,
-            jitter_px=jitter,
-            seed=seed,
-            preload=self._shared["cache"],
-        )
-
-    # --- queries ------------------------------------------------------------------------
-    def _pseudo_queries(self, rng: np.random.Generator, b: int) -> np.ndarray:
-        pts = [rng.uniform(-1, 1, size=(b, self.n_random_queries, 2))]
-        g = self.grid_queries
-        if g > 0:
-            centres = (2 * np.arange(g) + 1) / g - 1
-            gx, gy = np.meshgrid(centres, centres)
-            grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
-            pts.append(np.broadcast_to(grid, (b, g * g, 2)))
-        return np.concatenate(pts, axis=1)
-
-    def _loc(self, bounds: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Query positions in a chip -> normalised EPSG:3338 positions."""
-        xmin, xmax, ymin, ymax = (bounds[:, i, None] for i in range(4))
-        x = xmin + (q[..., 0] + 1) / 2 * (xmax - xmin)
-        y = ymax - (q[..., 1] + 1) / 2 * (ymax - ymin)
-        return normalize_3338(torch.stack([x, y], dim=-1)).float()
-
-    def _unlabeled_centres(
-        self, x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator
-    ) -> np.ndarray:
-        """Chip centres near training pedons whose chips keep clear of the test fold."""
-        if n <= 0:
-            return np.empty((0, 2))
-        size_m = self._size * self._grid.res
-        pick = rng.integers(0, len(x), size=4 * n)
-        centres = np.column_stack([x[pick], y[pick]]) + rng.uniform(
-            -size_m, size_m, size=(4 * n, 2)
-        )
-        if self._exclude is not None and len(self._exclude):
-            dist, _ = cKDTree(self._exclude).query(centres)
-            centres = centres[dist > size_m]  # the chip (half-diagonal < size) never covers one
-        return centres[:n]
-
-    # --- fit ----------------------------------------------------------------------------
-    def _prepare(self, load_weights: bool = True) -> MisoNet:
-        """Resolve the preset and build the network (with Satlas weights when found, unless
-        ``load_weights`` is false because trained weights replace them)."""
-        s = self._settings()
-        self.settings_ = s
-        self._size = int(s["chip_size_px"])
-        self._grid: GridSpec = self._shared["grid"]
-        torch.manual_seed(self.random_state)
-        np.random.seed(self.random_state % 2**32)
-        cfg = MisoConfig.from_preset(
-            s,
-            n_outputs=1 if self.n_classes == 2 else self.n_classes,
-            s2_bands=self._n_s2,
-            cov_bands=(len(self._manifest.band_names) - self._n_s2) if self.use_cov else 0,
-            decoder=self.decoder,
-            query=self.query,
-            location=self.location,
-            n_freq=self.n_freq,
-        )
-        self.config_ = asdict(cfg)
-        net = MisoNet(cfg)
-        self.pretrained_ = "none"
-        if load_weights and self.pretrained != "none" and net.uses_images:
-            path = find_satlas_weights(None if self.pretrained == "auto" else self.pretrained)
-            if path is not None:
-                load_satlas_state_dict(net.s2_encoder, path)
-                self.pretrained_ = str(path)
-        return net
-
     def _n_devices(self) -> int:
         device = self._device()
         n = device_count(device.type) if self.devices == -1 else int(self.devices)
@@ -331,24 +204,168 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             )
         return n
 
+    # --- data ---------------------------------------------------------------------------
+    def attach(self, source: ChipSource) -> MisoModel:
+        """Read chips from ``source``: a dataset with the bands, CRS and grid the model was
+        trained on (checked for a loaded model)."""
+        if S2_MODALITY not in source.manifest.modalities:
+            raise MisoBenchError(
+                f"{source.manifest.path}: MISO needs a `{S2_MODALITY}` modality (9 bands "
+                f"in Satlas order); this dataset has {sorted(source.manifest.modalities)}"
+            )
+        if hasattr(self, "band_names_"):
+            if list(source.band_names) != list(self.band_names_):
+                raise MisoBenchError(
+                    f"{source.manifest.path}: the model was trained on bands "
+                    f"{self.band_names_}, this dataset has {source.band_names} (fix: give "
+                    "it the same bands in the same order)"
+                )
+            if source.manifest.crs != self.crs_:
+                raise MisoBenchError(
+                    f"{source.manifest.path}: the model was trained in {self.crs_}, this "
+                    f"dataset is in {source.manifest.crs} (fix: reproject it, or train there)"
+                )
+        self._source = source
+        self._grid: GridSpec = source.grid
+        names = list(source.band_names)
+        s2 = set(source.manifest.modalities[S2_MODALITY].bands)
+        self._s2_idx = [i for i, b in enumerate(names) if b in s2]
+        self._cov_idx = [i for i, b in enumerate(names) if b not in s2] if self.use_cov else []
+        return self
+
+    def _inputs(
+        self, chips: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw chips ``(B, C, H, W)`` -> normalised Sentinel-2 and covariates; invalid pixels
+        are 0 whatever their raw value (NaN no-data included)."""
+        s2_raw = chips[:, self._s2_idx]
+        s2_valid = valid[:, self._s2_idx]
+        s2 = torch.where(s2_valid, satlas_normalize(torch.nan_to_num(s2_raw)), 0.0)
+        cov = None
+        if self._cov_idx:
+            normalized = self.normalizer_(chips, valid)
+            assert isinstance(normalized, torch.Tensor)  # tensors in, tensors out
+            cov = normalized[:, self._cov_idx]
+        return s2, cov
+
+    def _chip_dataset(
+        self, x: np.ndarray, y: np.ndarray, jitter: int, seed: int
+    ) -> PedonChipDataset:
+        table = pd.DataFrame({"id": np.arange(len(x)), "x": x, "y": y})
+        return PedonChipDataset(self._source, table, self._size, jitter_px=jitter, seed=seed)
+
+    # --- queries ------------------------------------------------------------------------
+    def _pseudo_queries(self, rng: np.random.Generator, b: int) -> np.ndarray:
+        pts = [rng.uniform(-1, 1, size=(b, self.n_random_queries, 2))]
+        g = self.grid_queries
+        if g > 0:
+            centres = (2 * np.arange(g) + 1) / g - 1
+            gx, gy = np.meshgrid(centres, centres)
+            grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+            pts.append(np.broadcast_to(grid, (b, g * g, 2)))
+        return np.concatenate(pts, axis=1)
+
+    def _loc(self, bounds: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Query positions in chips ``(B, N, 2)`` -> normalised dataset positions."""
+        xmin, xmax, ymin, ymax = (bounds[:, i, None] for i in range(4))
+        qd = q.double()
+        x = xmin + (qd[..., 0] + 1) / 2 * (xmax - xmin)
+        y = ymax - (qd[..., 1] + 1) / 2 * (ymax - ymin)
+        return self.location_norm_(torch.stack([x, y], dim=-1))
+
+    def _unlabeled_centres(
+        self, x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Chip centres near training pedons whose chips keep clear of the excluded area.
+
+        Works in pixels of the grid (any CRS): a chip of side S centred on pixel c covers
+        pixels within S / 2 of c; it is kept when every excluded pedon is more than S / 2 + 1
+        pixels away along a row or a column.
+        """
+        if n <= 0:
+            return np.empty((0, 2))
+        size, g = self._size, self._grid
+        rows, cols = g.pixel_of(x, y)
+        pick = rng.integers(0, len(x), size=4 * n)
+        shift = rng.integers(-size, size + 1, size=(4 * n, 2))
+        cr, cc = rows[pick] + shift[:, 0], cols[pick] + shift[:, 1]
+        if self._exclude is not None and len(self._exclude):
+            er, ec = g.pixel_of(self._exclude[:, 0], self._exclude[:, 1])
+            dist, _ = cKDTree(np.column_stack([er, ec])).query(np.column_stack([cr, cc]), p=np.inf)
+            keep = dist > size / 2 + 1
+            cr, cc = cr[keep], cc[keep]
+        cx = g.x0 + (cc[:n] + 0.5) * g.res
+        cy = g.y0 - (cr[:n] + 0.5) * g.res
+        return np.column_stack([cx, cy])
+
+    # --- fit ----------------------------------------------------------------------------
+    def _prepare(self, context: FoldContext, load_weights: bool = True) -> MisoNet:
+        """Resolve the preset, read the data layout and build the network (with Satlas weights
+        when found, unless ``load_weights`` is false because trained weights replace them)."""
+        for learned in ("band_names_", "crs_"):  # a refit may change datasets
+            self.__dict__.pop(learned, None)
+        self.attach(context.source)
+        s = self._settings()
+        self.settings_ = s
+        self._size = int(s["chip_size_px"])
+        self.normalizer_ = context.normalizer
+        self.location_norm_ = LocationNormalizer.from_extent(context.source.extent())
+        self.band_names_ = list(context.source.band_names)
+        self.crs_ = context.source.manifest.crs
+        self.grid_ = self._grid
+        self.classes_ = np.arange(self.n_classes)
+        torch.manual_seed(self.random_state)
+        np.random.seed(self.random_state % 2**32)
+        cfg = MisoConfig.from_preset(
+            s,
+            n_outputs=1 if self.n_classes == 2 else self.n_classes,
+            s2_bands=len(self._s2_idx),
+            cov_bands=len(self._cov_idx),
+            decoder=self.decoder,
+            query=self.query,
+            location=self.location,
+            n_freq=self.n_freq,
+            drop_path=self.drop_path,
+            dropout=self.dropout,
+        )
+        self.config_ = asdict(cfg)
+        net = MisoNet(cfg)
+        self.pretrained_ = "none"
+        if load_weights and self.pretrained != "none" and net.uses_images:
+            path = find_satlas_weights(None if self.pretrained == "auto" else self.pretrained)
+            if path is not None:
+                load_satlas_state_dict(net.s2_encoder, path)
+                self.pretrained_ = str(path)
+        return net
+
     def fit(
         self,
         X: pd.DataFrame,
         y: np.ndarray,
         X_val: pd.DataFrame | None = None,
         y_val: np.ndarray | None = None,
+        *,
+        context: FoldContext | None = None,
     ) -> MisoModel:
         """Train on the pedons of ``X`` (coordinates) with labels ``y``; select the best epoch
-        on ``(X_val, y_val)``, the inner validation split of the training fold.
+        on ``(X_val, y_val)``, the inner validation split of the training fold (without one,
+        the last epoch is kept).
 
         With ``devices > 1`` the fit runs data-parallel in that many worker processes
         (:mod:`miso_bench.training.distributed`) and this process receives rank 0's weights.
+
+        Raises:
+            MisoBenchError: no context, a dataset without Sentinel-2, bad settings.
         """
-        if not hasattr(self, "_shared"):
-            raise MisoBenchError("MisoModel.fit needs the dataset: call bind(manifest) first")
+        if context is None:
+            raise MisoBenchError(
+                "MisoModel.fit needs the data: pass context=FoldContext(source=ChipSource("
+                "manifest), normalizer=...) (the benchmark engine does this)"
+            )
+        merged_aux(self.aux)  # unknown loss names fail before any work
         n = self._n_devices()
         if n == 1:
-            self._fit_here(X, y, X_val, y_val)
+            self._fit_here(X, y, X_val, y_val, context)
             return self
         bs = int(self._settings()["batch_size"])
         if bs < n:
@@ -356,23 +373,45 @@ class MisoModel(ClassifierMixin, BaseEstimator):
                 f"batch_size={bs} is smaller than devices={n}; the "
                 "batch is split between devices (fix: raise model.params.batch_size)"
             )
-        results = launch(
-            _fit_worker,
-            (
-                self.get_params(),
-                str(self._manifest.path),
-                self._exclude,
-                self._checkpoint_dir,
-                X,
-                y,
-                X_val,
-                y_val,
-            ),
-            n,
-        )
+        self._fit_distributed(X, y, X_val, y_val, context, n)
+        return self
+
+    def _fit_distributed(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        X_val: pd.DataFrame | None,
+        y_val: np.ndarray | None,
+        context: FoldContext,
+        n: int,
+    ) -> None:
+        """Train in ``n`` worker processes; relay their epochs to ``context.on_epoch``."""
+        import multiprocessing
+
+        manager = relay = listener = None
+        failure: list[BaseException] = []
+        if context.on_epoch is not None:
+            manager = multiprocessing.get_context("spawn").Manager()
+            relay = _EpochRelay(manager.Queue(), manager.Queue())
+            listener = threading.Thread(
+                target=relay.serve, args=(context.on_epoch, failure), daemon=True
+            )
+            listener.start()
+        worker_ctx = replace(context, on_epoch=relay)
+        try:
+            results = launch(_fit_worker, (self.get_params(), worker_ctx, X, y, X_val, y_val), n)
+        finally:
+            if relay is not None:
+                relay.close()
+            if listener is not None:
+                listener.join(timeout=10)
+            if manager is not None:
+                manager.shutdown()
+        if failure:
+            raise failure[0]
         out = results[0]
         self.rank_checksums_ = [results[r]["checksum"] for r in sorted(results)]
-        net = self._prepare(load_weights=False)  # rank 0's trained weights replace them
+        net = self._prepare(context, load_weights=False)  # rank 0's trained weights replace them
         net.load_state_dict(out["state"])
         self.pretrained_ = out["pretrained"]
         self.net_: torch.nn.Module = net.to(self._device()).eval()
@@ -381,7 +420,6 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         self.resumed_from_ = out["resumed_from"]
         self.train_seconds_ = out["seconds"]
         self.world_size_ = n
-        return self
 
     def _fit_here(
         self,
@@ -389,9 +427,11 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         y: np.ndarray,
         X_val: pd.DataFrame | None,
         y_val: np.ndarray | None,
+        context: FoldContext,
     ) -> None:
         """Train in this process (one rank of a process group, or alone)."""
-        net = self._prepare()
+        net = self._prepare(context)
+        self._exclude = np.asarray(context.exclude_xy, dtype=np.float64).reshape(-1, 2)
         s = self.settings_
         rank, world = shard()
         self.world_size_ = world
@@ -402,12 +442,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         if self.class_weighting == "sqrt_inverse":
             w = np.where(counts > 0, 1 / np.sqrt(np.maximum(counts, 1)), 0.0)
             weights = torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
-        aux = (
-            {"geo": 1.0, "sat_cov_nce": 0.1, "visual_geo_nce": 0.1}
-            if self.aux is None
-            else dict(self.aux)
-        )
-        loss_fn = MisoLoss(binary, aux, self.temperature, weights)
+        loss_fn = MisoLoss(binary, merged_aux(self.aux), self.temperature, weights)
         device = self._device()
         loss_fn.to(device)
         x_fit, y_fit = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
@@ -459,7 +494,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
 
         def step_loss(module: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
             image, valid, bounds, q, lab = batch
-            s2, cov = self._inputs(image, valid.float())
+            s2, cov = self._inputs(image, valid)
             out = module(
                 s2.to(device),
                 None if cov is None else cov.to(device),
@@ -471,9 +506,9 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         x_val = None if X_val is None else X_val["coord_x"].to_numpy()
         yv = None if X_val is None else X_val["coord_y"].to_numpy()
 
-        def validate(module: torch.nn.Module) -> float:
+        def validate(module: torch.nn.Module) -> float | None:
             if x_val is None or yv is None or y_val is None or len(x_val) == 0:
-                return 0.0  # no validation split: the last epoch is kept (ties keep the first)
+                return None  # no validation split: the last epoch is kept
             self.net_ = module
             pred = self._predict_xy(x_val, yv).argmax(1)
             if binary:
@@ -496,13 +531,15 @@ class MisoModel(ClassifierMixin, BaseEstimator):
             validate,
             cfg_train,
             backbone=net.backbone_parameters(),
-            checkpoint_dir=None if self._checkpoint_dir is None else Path(self._checkpoint_dir),
+            checkpoint_dir=context.checkpoint_dir,
+            on_epoch=context.on_epoch,
         )
         self.net_ = net.eval()
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.resumed_from_ = result.resumed_from
         self.train_seconds_ = result.seconds
+        self.stopped_ = result.stopped
 
     def run_tags(self) -> dict[str, str]:
         """Tags for the run record: the preset used and the pretrained weights (or none)."""
@@ -517,8 +554,14 @@ class MisoModel(ClassifierMixin, BaseEstimator):
     def _probs(self, logits: torch.Tensor) -> np.ndarray:
         if self.n_classes == 2:
             p = torch.sigmoid(logits[..., 0].float())
-            return torch.stack([1 - p, p], dim=-1).cpu().numpy()
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            return torch.stack([1 - p, p], dim=-1).cpu().numpy().astype(np.float64)
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+
+    def _check_ready(self) -> None:
+        if not hasattr(self, "net_"):
+            raise MisoBenchError("this MISO model is not trained: call fit first")
+        if not hasattr(self, "_source"):
+            raise MisoBenchError("no data attached: call attach(ChipSource(manifest)) first")
 
     @torch.no_grad()
     def _predict_xy(self, x: np.ndarray, y: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -528,7 +571,7 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         for start in range(0, len(ds), batch_size):
             items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             image = torch.stack([t["image"] for t in items])
-            valid = torch.stack([t["valid"] for t in items]).float()
+            valid = torch.stack([t["valid"] for t in items])
             bounds = torch.stack([t["bounds"] for t in items])
             q = torch.stack([t["query_xy"] for t in items])[:, None, :]
             s2, cov = self._inputs(image, valid)
@@ -545,12 +588,33 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         """Probabilities ``(n, n_classes)`` for pedons, each with a chip centred on it."""
         if len(X) == 0:
             return np.zeros((0, self.n_classes))
+        self._check_ready()
         self.net_.eval()
         return self._predict_xy(X["coord_x"].to_numpy(), X["coord_y"].to_numpy())
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Most probable class index."""
-        return self.predict_proba(X).argmax(axis=1)
+    @torch.no_grad()
+    def _decode(
+        self,
+        images: torch.Tensor,
+        valids: torch.Tensor,
+        bounds: torch.Tensor,
+        q: torch.Tensor,
+        chunk: int = 16384,
+    ) -> np.ndarray:
+        """Encode chips once and decode their queries ``(B, N, 2)`` in chunks of queries."""
+        device = self._device()
+        net: MisoNet = self.net_  # type: ignore[assignment]
+        s2, cov = self._inputs(images, valids)
+        feats = net.encode(s2.to(device), None if cov is None else cov.to(device))
+        loc = self._loc(bounds, q)
+        parts = []
+        for start in range(0, q.shape[1], chunk):
+            qq = q[:, start : start + chunk]
+            logits = net.decode(feats, qq.to(device), loc[:, start : start + chunk].to(device))[
+                "logits"
+            ]
+            parts.append(self._probs(logits))
+        return np.concatenate(parts, axis=1)
 
     @torch.no_grad()
     def predict_points(self, X: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
@@ -558,8 +622,9 @@ class MisoModel(ClassifierMixin, BaseEstimator):
 
         Points are grouped by the ``chip_size_px`` tile of the raster grid that contains them;
         each tile is encoded once and its points are decoded by the implicit decoder. This
-        is how maps are made, and how the truth sample is scored.
+        is how the truth sample is scored.
         """
+        self._check_ready()
         self.net_.eval()
         x, y = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
         grid, size = self._grid, self._size
@@ -570,52 +635,162 @@ class MisoModel(ClassifierMixin, BaseEstimator):
         order = np.argsort(inverse, kind="stable")
         bounds_of = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
         out = np.zeros((len(x), self.n_classes))
-        device = self._device()
-        cache: FootprintCache = self._shared["cache"]
-        stack = self._shared["stack"]
-        nodata = cache.fill
         for start in range(0, len(keys), batch_size):
             tiles = range(start, min(start + batch_size, len(keys)))
             images, valids, bounds, members = [], [], [], []
             for t in tiles:
                 r0, c0 = int(keys[t, 0] * size), int(keys[t, 1] * size)
-                chip = cache.chip(r0, c0, size)
-                xmin, ymax = grid.x0 + c0 * grid.res, grid.y0 - r0 * grid.res
-                b = (xmin, xmin + size * grid.res, ymax - size * grid.res, ymax)
-                if chip is None:
-                    chip = stack[slice(b[0], b[1], grid.res), slice(b[2], b[3], grid.res)][
-                        "image"
-                    ].numpy()
-                valid = valid_pixels(chip, nodata)
-                images.append(torch.from_numpy(np.nan_to_num(chip).astype(np.float32)))
+                image, valid = self._source.window(r0, c0, size, size)
+                images.append(torch.from_numpy(image))
                 valids.append(torch.from_numpy(valid))
-                bounds.append(torch.tensor(b, dtype=torch.float64))
+                bounds.append(torch.tensor(grid.bounds_of(r0, c0, size, size), dtype=torch.float64))
                 members.append(order[bounds_of[t] : bounds_of[t + 1]])
             n_max = max(len(m) for m in members)
             q = torch.zeros(len(members), n_max, 2)
             bt = torch.stack(bounds)
             for k, m in enumerate(members):
-                qx = 2 * (x[m] - bt[k, 0].item()) / (bt[k, 1] - bt[k, 0]).item() - 1
-                qy = 2 * (bt[k, 3].item() - y[m]) / (bt[k, 3] - bt[k, 2]).item() - 1
+                b = bt[k].tolist()
+                qx = 2 * (x[m] - b[0]) / (b[1] - b[0]) - 1
+                qy = 2 * (b[3] - y[m]) / (b[3] - b[2]) - 1
                 q[k, : len(m)] = torch.from_numpy(np.stack([qx, qy], axis=1)).float()
-            s2, cov = self._inputs(torch.stack(images), torch.stack(valids).float())
-            logits = self.net_(
-                s2.to(device),
-                None if cov is None else cov.to(device),
-                q.to(device),
-                self._loc(bt, q).to(device),
-            )["logits"]
-            probs = self._probs(logits)
+            probs = self._decode(torch.stack(images), torch.stack(valids), bt, q)
             for k, m in enumerate(members):
                 out[m] = probs[k, : len(m)]
         return out
 
+    @torch.no_grad()
+    def decode_window(
+        self,
+        image: np.ndarray,
+        valid: np.ndarray,
+        bounds: tuple[float, float, float, float],
+    ) -> np.ndarray:
+        """Class probabilities at every pixel centre of a raster window.
+
+        Args:
+            image: ``(C, H, W)`` raw band values in the model's band order (see
+                ``band_names_``); values under ``valid == False`` are ignored.
+            valid: ``(C, H, W)`` bool validity mask.
+            bounds: ``(xmin, xmax, ymin, ymax)`` of the window in the model's CRS.
+
+        Returns:
+            ``(n_classes, H, W)`` probabilities. Windows of ``chip_size_px`` match training.
+        """
+        if not hasattr(self, "net_"):
+            raise MisoBenchError("this MISO model is not trained: call fit first")
+        image = np.asarray(image, dtype=np.float32)
+        valid = np.asarray(valid, dtype=bool)
+        if image.ndim != 3 or image.shape != valid.shape:
+            raise MisoBenchError(
+                f"decode_window needs image and valid of the same (C, H, W) shape, got "
+                f"{image.shape} and {valid.shape}"
+            )
+        if image.shape[0] != len(self.band_names_):
+            raise MisoBenchError(
+                f"decode_window: {image.shape[0]} bands given, the model reads "
+                f"{len(self.band_names_)} ({', '.join(self.band_names_)})"
+            )
+        self.net_.eval()
+        _, h, w = image.shape
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        q = np.stack([(2 * cols.ravel() + 1) / w - 1, (2 * rows.ravel() + 1) / h - 1], axis=1)
+        probs = self._decode(
+            torch.from_numpy(np.where(valid, image, 0.0).astype(np.float32))[None],
+            torch.from_numpy(valid)[None],
+            torch.tensor([bounds], dtype=torch.float64),
+            torch.from_numpy(q.astype(np.float32))[None],
+        )[0]
+        return probs.T.reshape(self.n_classes, h, w)
+
+    # --- saved state --------------------------------------------------------------------
+    def save_state(self, folder: Path) -> dict[str, Any]:
+        """Write ``weights.pt`` and ``band_stats.json``; return the rest of the state."""
+        if not hasattr(self, "net_"):
+            raise MisoBenchError("this MISO model is not trained: nothing to save")
+        state = {k: v.detach().cpu() for k, v in self.net_.state_dict().items()}
+        torch.save(state, Path(folder) / "weights.pt")
+        self.normalizer_.to_json(Path(folder) / "band_stats.json")
+        return {
+            "settings": self.settings_,
+            "config": self.config_,
+            "band_names": self.band_names_,
+            "s2_bands": [self.band_names_[i] for i in self._s2_idx],
+            "cov_bands": [self.band_names_[i] for i in self._cov_idx],
+            "crs": self.crs_,
+            "grid": self.grid_.to_dict(),
+            "location_normalizer": self.location_norm_.to_dict(),
+            "pretrained": self.pretrained_,
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+        }
+
+    def load_state(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Rebuild the network from ``model.json`` and load ``weights.pt`` (weights only)."""
+        state = meta["state"]
+        cfg = dict(state["config"])
+        cfg["depths"], cfg["num_heads"] = tuple(cfg["depths"]), tuple(cfg["num_heads"])
+        net = MisoNet(MisoConfig(**cfg))
+        weights = torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(weights)
+        self.net_ = net.to(self._device()).eval()
+        self.settings_ = dict(state["settings"])
+        self.config_ = cfg
+        self._size = int(self.settings_["chip_size_px"])
+        self.band_names_ = list(state["band_names"])
+        s2 = set(state["s2_bands"])
+        self._s2_idx = [i for i, b in enumerate(self.band_names_) if b in s2]
+        cov = set(state["cov_bands"])
+        self._cov_idx = [i for i, b in enumerate(self.band_names_) if b in cov]
+        self.crs_ = state["crs"]
+        self.grid_ = GridSpec(**state["grid"])
+        self._grid = self.grid_
+        self.location_norm_ = LocationNormalizer.from_dict(state["location_normalizer"])
+        raw = json.loads((Path(folder) / "band_stats.json").read_text())
+        self.normalizer_ = Normalizer({b: BandStats(**v) for b, v in raw.items()}, list(raw))
+        self.pretrained_ = state["pretrained"]
+        self.history_ = state["history"]
+        self.best_epoch_ = state["best_epoch"]
+        self.classes_ = np.arange(self.n_classes)
+
+
+class _EpochRelay:
+    """Carries rank 0's epoch records from a worker process to the caller's callback and its
+    answer back (a callback that raises stops the data-parallel fit)."""
+
+    def __init__(self, records: Any, answers: Any) -> None:
+        self.records = records
+        self.answers = answers
+
+    def __call__(self, epoch: int, record: dict[str, float]) -> None:
+        self.records.put((epoch, record))
+        if self.answers.get() != "go":
+            raise FitStoppedError("stopped by the per-epoch callback")
+
+    def serve(self, callback: EpochCallback, failure: list[BaseException]) -> None:
+        """Run in the caller's process: call ``callback`` for every record until closed."""
+        while True:
+            try:
+                item = self.records.get()
+            except (EOFError, OSError):  # the manager went away
+                return
+            if item is None:
+                return
+            try:
+                callback(*item)
+                self.answers.put("go")
+            except BaseException as exc:  # handed to the caller after the workers stop
+                failure.append(exc)
+                self.answers.put("stop")
+
+    def close(self) -> None:
+        """Stop :meth:`serve`."""
+        with contextlib.suppress(EOFError, OSError, queue.Full):
+            self.records.put(None)
+
 
 def _fit_worker(
     params: dict[str, Any],
-    manifest_path: str,
-    exclude_xy: np.ndarray | None,
-    checkpoint_dir: str | os.PathLike[str] | None,
+    context: FoldContext,
     X: pd.DataFrame,
     y: np.ndarray,
     X_val: pd.DataFrame | None,
@@ -624,8 +799,10 @@ def _fit_worker(
     """One rank of a data-parallel fit (started by ``training.distributed.launch``)."""
     model = MisoModel(**{**params, "devices": 1})
     with process_group(model._device().type) as (rank, _):
-        model.bind(load_manifest(manifest_path), exclude_xy, checkpoint_dir)
-        model._fit_here(X, y, X_val, y_val)
+        try:
+            model._fit_here(X, y, X_val, y_val, context)
+        except FitStoppedError:
+            return {"rank": rank, "checksum": float("nan"), "stopped": True}
         net = model.net_
         checksum = float(sum(p.detach().double().sum() for p in net.parameters()))
         out: dict[str, Any] = {"rank": rank, "checksum": checksum}

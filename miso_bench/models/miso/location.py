@@ -1,24 +1,56 @@
-"""Location encoders: Space2Vec encodings of normalised EPSG:3338 coordinates and their MLP."""
+"""Location encoders: Space2Vec encodings of normalised dataset coordinates and their MLP."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["LocationEncoder", "Space2Vec", "normalize_3338"]
-
-#: The reference's normalisation of Alaska's EPSG:3338 extent to [-1, 1] (north is -1).
-X0_M, XSPAN_M = -2_199_995.0, 3_700_000.0
-Y0_M, YSPAN_M = 2_400_005.0, 2_400_000.0
+__all__ = ["LocationEncoder", "LocationNormalizer", "Space2Vec"]
 
 
-def normalize_3338(xy: torch.Tensor) -> torch.Tensor:
-    """EPSG:3338 metres ``(..., 2)`` -> ``[-1, 1]`` with north = -1, as the reference."""
-    x = 2 * (xy[..., 0] - X0_M) / XSPAN_M - 1
-    y = 2 * (Y0_M - xy[..., 1]) / YSPAN_M - 1
-    return torch.stack([x, y], dim=-1)
+@dataclass(frozen=True)
+class LocationNormalizer:
+    """Maps coordinates of the dataset's CRS to ``[-1, 1]`` over the dataset's extent (west is
+    -1, north is -1, as the reference's normalisation of Alaska). Built from the rasters' extent
+    and stored with the trained model, so a model predicts at the same positions wherever its
+    data lies.
+
+    Attributes:
+        xmin, ymin, xmax, ymax: the extent, in the dataset's CRS units.
+    """
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    def __post_init__(self) -> None:
+        if not (self.xmax > self.xmin and self.ymax > self.ymin):
+            raise ValueError(f"empty extent for the location normaliser: {self}")
+
+    @classmethod
+    def from_extent(cls, extent: tuple[float, float, float, float]) -> LocationNormalizer:
+        """From ``(xmin, ymin, xmax, ymax)``."""
+        return cls(*(float(v) for v in extent))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float]) -> LocationNormalizer:
+        """From :meth:`to_dict`'s output."""
+        return cls(**{k: float(data[k]) for k in ("xmin", "ymin", "xmax", "ymax")})
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain data (saved with the model)."""
+        return asdict(self)
+
+    def __call__(self, xy: torch.Tensor) -> torch.Tensor:
+        """Coordinates ``(..., 2)`` -> ``[-1, 1]`` (float64 in, float32 out)."""
+        x = 2 * (xy[..., 0] - self.xmin) / (self.xmax - self.xmin) - 1
+        y = 2 * (self.ymax - xy[..., 1]) / (self.ymax - self.ymin) - 1
+        return torch.stack([x, y], dim=-1).float()
 
 
 class Space2Vec(nn.Module):

@@ -2,6 +2,12 @@
 
 Auxiliary terms are named and weighted; an unknown name is an error (the reference silently
 ignored ``vg_nce``). Pseudo queries (label ``-1``) take part in the contrastive terms only.
+
+Data-parallel training (each rank holds a share of the global batch) computes the same loss as
+one process on the whole batch: the supervised loss is normalised by the *global* number (or
+weight) of labelled queries, and InfoNCE takes its negatives from every rank's chips. Each rank
+returns its share of the one-process loss times the world size, so DDP's gradient average
+equals the one-process gradient.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import MisoBenchError
+from ...training.distributed import gather_rows, global_sum, shard
 
-__all__ = ["AUX_LOSSES", "MisoLoss", "info_nce", "supervised_loss"]
+__all__ = ["AUX_LOSSES", "DEFAULT_AUX", "MisoLoss", "info_nce", "supervised_loss"]
 
 #: Auxiliary losses and the outputs they need.
 AUX_LOSSES: dict[str, tuple[str, ...]] = {
@@ -22,6 +29,8 @@ AUX_LOSSES: dict[str, tuple[str, ...]] = {
     "sat_cov_nce": ("s2_emb", "cov_emb"),  # align Sentinel-2 and covariate embeddings
     "visual_geo_nce": ("visual_emb", "geo_emb"),  # align imagery and location embeddings
 }
+#: Weights of the auxiliary losses unless a model's ``aux`` overrides them (key by key).
+DEFAULT_AUX: dict[str, float] = {"geo": 1.0, "sat_cov_nce": 0.1, "visual_geo_nce": 0.1}
 
 
 def supervised_loss(
@@ -29,49 +38,73 @@ def supervised_loss(
     y: torch.Tensor,
     binary: bool,
     class_weights: torch.Tensor | None = None,
-    focal_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """BCE (binary, one logit) or CE on labelled queries (``y >= 0``); 0 when none."""
+    """BCE (binary, one logit) or CE on labelled queries (``y >= 0``); 0 when none.
+
+    The mean runs over the labelled queries of the *global* batch (weighted by class for CE,
+    as ``F.cross_entropy``'s weighted mean): in a process group this rank returns its share
+    times the world size.
+    """
+    world = shard()[1]
     labelled = y >= 0
-    if not labelled.any():
-        return logits.sum() * 0.0
     z, t = logits[labelled], y[labelled]
     if binary:
         z = z[..., 0]
-        tf = t.float()
         pos_weight = None
         if class_weights is not None:
             pos_weight = class_weights[1] / class_weights[0]
-        loss = F.binary_cross_entropy_with_logits(z, tf, pos_weight=pos_weight, reduction="none")
-        if focal_gamma:
-            p = torch.sigmoid(z)
-            pt = torch.where(tf > 0.5, p, 1 - p)
-            loss = loss * (1 - pt) ** focal_gamma
-        return loss.mean()
-    loss = F.cross_entropy(z, t, weight=class_weights, reduction="none")
-    if focal_gamma:
-        pt = torch.softmax(z, -1).gather(1, t[:, None])[:, 0]
-        loss = loss * (1 - pt) ** focal_gamma
-    return loss.mean()
+        per_query = F.binary_cross_entropy_with_logits(
+            z, t.float(), pos_weight=pos_weight, reduction="none"
+        )
+        norm = torch.tensor(float(t.numel()), device=logits.device)
+    else:
+        per_query = F.cross_entropy(z, t, weight=class_weights, reduction="none")
+        w = class_weights[t] if class_weights is not None else torch.ones_like(per_query)
+        norm = w.detach().float().sum()
+    total = global_sum(norm)
+    if float(total) == 0.0:
+        return logits.sum() * 0.0
+    return per_query.sum() * world / total
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between two embeddings ``(B, N, D)``.
 
     For every query slot n, the positives are the same chip's pair and the negatives the
-    other chips of the batch at that slot (the reference's formulation, averaged over slots
-    and directions instead of summed).
+    other chips of the (global) batch at that slot (the reference's formulation, averaged over
+    slots and directions instead of summed). In a process group the negatives are gathered from
+    every rank.
     """
-    if a.shape[0] < 2:
+    world = shard()[1]
+    a_all, first = gather_rows(a)
+    b_all, _ = gather_rows(b)
+    n_global = a_all.shape[0]
+    if n_global < 2:
         return a.sum() * 0.0
-    a = F.normalize(a, dim=-1).transpose(0, 1)  # (N, B, D)
-    b = F.normalize(b, dim=-1).transpose(0, 1)
-    logits = a @ b.transpose(1, 2) / temperature  # (N, B, B)
-    target = torch.arange(a.shape[1], device=a.device).expand(a.shape[0], -1)
-    return 0.5 * (
-        F.cross_entropy(logits.flatten(0, 1), target.flatten())
-        + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten())
+    a_loc = F.normalize(a, dim=-1).transpose(0, 1)  # (N, b, D): this rank's chips
+    b_loc = F.normalize(b, dim=-1).transpose(0, 1)
+    a_glob = F.normalize(a_all, dim=-1).transpose(0, 1)  # (N, B, D): every rank's chips
+    b_glob = F.normalize(b_all, dim=-1).transpose(0, 1)
+    n_slots, n_local = a_loc.shape[0], a_loc.shape[1]
+    target = (torch.arange(n_local, device=a.device) + first).expand(n_slots, -1).flatten()
+    ab = (a_loc @ b_glob.transpose(1, 2) / temperature).flatten(0, 1)  # (N * b, B)
+    ba = (b_loc @ a_glob.transpose(1, 2) / temperature).flatten(0, 1)
+    total = F.cross_entropy(ab, target, reduction="sum") + F.cross_entropy(
+        ba, target, reduction="sum"
     )
+    return 0.5 * total * world / (n_slots * n_global)
+
+
+def merged_aux(aux: Mapping[str, float] | None) -> dict[str, float]:
+    """:data:`DEFAULT_AUX` with ``aux`` merged key by key; unknown names are an error."""
+    aux = dict(aux or {})
+    unknown = sorted(set(aux) - set(AUX_LOSSES))
+    if unknown:
+        raise MisoBenchError(
+            f"unknown auxiliary loss {unknown[0]!r} in model.params.aux; valid: "
+            f"{', '.join(AUX_LOSSES)}"
+        )
+    return {**DEFAULT_AUX, **{k: float(v) for k, v in aux.items()}}
 
 
 class MisoLoss(nn.Module):
@@ -79,10 +112,9 @@ class MisoLoss(nn.Module):
 
     Args:
         binary: binary task (BCE on one logit) or multi-class (CE).
-        aux: auxiliary loss name -> weight (see :data:`AUX_LOSSES`).
+        aux: auxiliary loss name -> weight (see :data:`AUX_LOSSES`); taken as given.
         temperature: InfoNCE temperature.
         class_weights: optional per-class weights of the supervised losses.
-        focal_gamma: focal-loss focusing (0 = plain BCE/CE).
     """
 
     def __init__(
@@ -91,7 +123,6 @@ class MisoLoss(nn.Module):
         aux: Mapping[str, float] | None = None,
         temperature: float = 0.1,
         class_weights: torch.Tensor | None = None,
-        focal_gamma: float = 0.0,
     ) -> None:
         super().__init__()
         aux = dict(aux or {})
@@ -103,7 +134,6 @@ class MisoLoss(nn.Module):
         self.binary = binary
         self.aux = aux
         self.temperature = temperature
-        self.focal_gamma = focal_gamma
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def _weights(self) -> torch.Tensor | None:
@@ -120,14 +150,12 @@ class MisoLoss(nn.Module):
         self, outputs: Mapping[str, torch.Tensor], y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and its parts (for logging)."""
-        base = supervised_loss(outputs["logits"], y, self.binary, self._weights(), self.focal_gamma)
+        base = supervised_loss(outputs["logits"], y, self.binary, self._weights())
         total = base
         parts = {"loss/base": float(base.detach())}
         for name, weight in self.active(outputs).items():
             if name == "geo":
-                term = supervised_loss(
-                    outputs["geo_logits"], y, self.binary, self._weights(), self.focal_gamma
-                )
+                term = supervised_loss(outputs["geo_logits"], y, self.binary, self._weights())
             else:
                 a, b = AUX_LOSSES[name]
                 term = info_nce(outputs[a], outputs[b], self.temperature)

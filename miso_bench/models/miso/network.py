@@ -46,6 +46,7 @@ class MisoConfig:
         query: ``implicit`` or ``center``.
         location: ``gridcell`` or ``theory``; n_freq, min_scale: its frequencies.
         drop_path: stochastic depth of the Swin encoders.
+        dropout: dropout of the location encoder's MLP.
     """
 
     n_outputs: int
@@ -65,6 +66,7 @@ class MisoConfig:
     n_freq: int = 32
     min_scale: float = 5e-4
     drop_path: float = 0.1
+    dropout: float = 0.1
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -130,7 +132,9 @@ class MisoNet(nn.Module):
             self.visual_mapper = _mapper(d)
             self.head = _mlp(d, cfg.n_outputs)
         if self.uses_location:
-            self.location = LocationEncoder(d, cfg.location, cfg.n_freq, cfg.min_scale)
+            self.location = LocationEncoder(
+                d, cfg.location, cfg.n_freq, cfg.min_scale, dropout=cfg.dropout
+            )
             self.geo_mapper = _mapper(d)
             self.geo_head = _mlp(d, cfg.n_outputs)
         if cfg.decoder == "attn":
@@ -148,13 +152,11 @@ class MisoNet(nn.Module):
 
     def _query(
         self,
-        encoder: nn.Module,
         decoder: ImplicitQueryDecoder,
-        image: torch.Tensor,
+        fmaps: list[torch.Tensor],
         q: torch.Tensor,
         exact: bool,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmaps = encoder(image)
         if self.cfg.query == "center":
             # Ablation: no implicit decoder, every query sees the chip-centre features.
             centre = torch.zeros_like(q)
@@ -162,6 +164,22 @@ class MisoNet(nn.Module):
             return emb, []
         stages = decoder.stage_outputs(fmaps, q) if self.cfg.decoder == "attn" else []
         return decoder(fmaps, q, exact), stages
+
+    def encode(
+        self, s2: torch.Tensor | None, cov: torch.Tensor | None
+    ) -> dict[str, list[torch.Tensor]]:
+        """Run the image encoders once per chip: their four stage outputs per modality."""
+        feats: dict[str, list[torch.Tensor]] = {}
+        if not self.uses_images:
+            return feats
+        if s2 is None:
+            raise ValueError("this decoder needs the Sentinel-2 chip")
+        feats["s2"] = self.s2_encoder(s2)
+        if hasattr(self, "cov_encoder"):
+            if cov is None:
+                raise ValueError("this model needs the covariate chip")
+            feats["cov"] = self.cov_encoder(cov)
+        return feats
 
     def forward(
         self,
@@ -171,14 +189,26 @@ class MisoNet(nn.Module):
         loc_xy: torch.Tensor,
         exact: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Decode queries.
+        """Encode the chips and decode queries (:meth:`encode` then :meth:`decode`).
 
         Args:
             s2: ``(B, 9, H, W)`` normalised Sentinel-2 chip (None for ``geo_only``).
             cov: ``(B, 10, H, W)`` normalised covariates (None without covariates).
             query_xy: ``(B, N, 2)`` query positions in the chip, in [-1, 1].
-            loc_xy: ``(B, N, 2)`` normalised EPSG:3338 positions of the queries.
+            loc_xy: ``(B, N, 2)`` normalised positions of the queries in the dataset (see
+                :class:`~miso_bench.models.miso.location.LocationNormalizer`).
             exact: use the straightforward implicit-decoder formulation (tests, benchmarks).
+        """
+        return self.decode(self.encode(s2, cov), query_xy, loc_xy, exact)
+
+    def decode(
+        self,
+        feats: dict[str, list[torch.Tensor]],
+        query_xy: torch.Tensor,
+        loc_xy: torch.Tensor,
+        exact: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Decode queries from encoded chips (one encoding answers any number of queries).
 
         Returns:
             ``logits (B, N, n_outputs)`` and, when present, ``geo_logits``, ``s2_emb``,
@@ -193,16 +223,12 @@ class MisoNet(nn.Module):
         if not self.uses_images:
             out["logits"] = out["geo_logits"]
             return out
-        if s2 is None:
-            raise ValueError("this decoder needs the Sentinel-2 chip")
-        s2_emb, stages = self._query(self.s2_encoder, self.s2_query, s2, query_xy, exact)
+        s2_emb, stages = self._query(self.s2_query, feats["s2"], query_xy, exact)
         s2_emb = self.s2_mapper(s2_emb)
         out["s2_emb"] = s2_emb
         visual = s2_emb
         if hasattr(self, "cov_encoder"):
-            if cov is None:
-                raise ValueError("this model needs the covariate chip")
-            cov_emb, _ = self._query(self.cov_encoder, self.cov_query, cov, query_xy, exact)
+            cov_emb, _ = self._query(self.cov_query, feats["cov"], query_xy, exact)
             cov_emb = self.cov_mapper(cov_emb)
             out["cov_emb"] = cov_emb
             visual = visual + cov_emb
