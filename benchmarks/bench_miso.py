@@ -1,11 +1,13 @@
-"""MISO throughput: training samples/s, encoder chips/s, decoder queries/s.
+"""MISO throughput: training samples/s, encoder chips/s, decoder queries/s, peak memory.
 
 For the CPU preset and the paper preset (Swin-V2-B at 256 px), each figure is measured in
 the same run as the straightforward formulation of the implicit decoder (the first query
-layer applied to every gathered (query, corner) feature instead of once per cell). Prints
-figures and ratios; no assertions. Usage::
+layer applied to every gathered (query, corner) feature instead of once per cell). On a GPU
+(``--device cuda``) every figure is measured in fp32 and in bf16 autocast (the training
+loop's default on CUDA), with channels-last encoders, and peak GPU memory is reported.
+Prints figures and ratios; no assertions. Usage::
 
-    python benchmarks/bench_miso.py [--presets cpu paper] [--queries 62500]
+    python benchmarks/bench_miso.py [--presets cpu paper] [--queries 62500] [--device cpu]
 
 Random weights and random inputs: speed does not depend on the values.
 """
@@ -13,7 +15,10 @@ Random weights and random inputs: speed does not depend on the values.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,82 +33,115 @@ def build(preset: str) -> tuple[MisoNet, dict]:
     return MisoNet(cfg), s
 
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
+def timed(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
+    """Mean seconds per call after one warm-up call (synchronised on CUDA)."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(repeat):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t) / repeat
 
 
-def bench_preset(preset: str, queries: int) -> None:
-    """Print the figures of one preset."""
+def bench_preset(preset: str, queries: int, device: torch.device, dtype: str) -> None:
+    """Print the figures of one preset at one precision."""
     torch.manual_seed(0)
     net, s = build(preset)
+    net.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        net.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
     size = s["chip_size_px"]
-    batch = s["batch_size"] if preset == "cpu" else 2
+    batch = s["batch_size"] if (preset == "cpu" or cuda) else 2
     n_params = sum(p.numel() for p in net.parameters()) / 1e6
-    print(f"\n[{preset}] {n_params:.1f} M parameters, chips {size} px, batch {batch}")
-    s2 = torch.rand(batch, 9, size, size)
-    cov = torch.rand(batch, 10, size, size)
-    q = torch.rand(batch, 51, 2) * 2 - 1
-    loc = torch.rand(batch, 51, 2) * 2 - 1
-    y = torch.randint(0, 7, (batch, 51))
+    amp = dtype == "bf16"
+    print(
+        f"\n[{preset}, {dtype}, {device.type}] {n_params:.1f} M parameters, chips {size} px, "
+        f"batch {batch}"
+    )
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+    s2 = torch.rand(batch, 9, size, size, device=device)
+    cov = torch.rand(batch, 10, size, size, device=device)
+    q = torch.rand(batch, 51, 2, device=device) * 2 - 1
+    loc = torch.rand(batch, 51, 2, device=device) * 2 - 1
+    y = torch.randint(0, 7, (batch, 51), device=device)
     loss_fn = MisoLoss(False, {"geo": 1.0, "sat_cov_nce": 0.1, "visual_geo_nce": 0.1})
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    repeat = 3 if preset == "cpu" else 1
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+    repeat = 10 if cuda else (3 if preset == "cpu" else 1)
 
     def train_step(exact: bool) -> None:
         net.train()
         opt.zero_grad()
-        out = net(s2, cov, q, loc, exact=exact)
-        loss, _ = loss_fn(out, y)
+        with autocast():
+            out = net(s2, cov, q, loc, exact=exact)
+            loss, _ = loss_fn(out, y)
         loss.backward()
         opt.step()
 
-    t_fast = timed(lambda: train_step(False), repeat)
-    t_exact = timed(lambda: train_step(True), repeat)
+    t_fast = timed(lambda: train_step(False), repeat, device)
+    t_exact = timed(lambda: train_step(True), repeat, device)
     print(
         f"  training (51 queries/chip)   {batch / t_fast:9.1f} samples/s   "
         f"straightforward {batch / t_exact:9.1f}   ratio {t_exact / t_fast:.2f}x"
     )
 
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
+        chips = batch if cuda else 1
 
         def encode() -> None:
-            net.s2_encoder(s2[:1])
-            net.cov_encoder(cov[:1])
+            net.encode(s2[:chips], cov[:chips])
 
-        t_enc = timed(encode, repeat)
-        print(f"  encoders (both, 1 chip)      {1 / t_enc:9.2f} chips/s")
-        fmaps = net.s2_encoder(s2[:1])
-        chunk = 62_500 if preset == "cpu" else 6_250
-        qq = torch.rand(1, min(chunk, queries), 2) * 2 - 1
+        t_enc = timed(encode, repeat, device)
+        print(f"  encoders (both, {chips} chips)   {chips / t_enc:9.2f} chips/s")
+        feats = net.encode(s2[:1], cov[:1])
+        chunk = queries if (cuda or preset == "cpu") else 6_250
+        qq = torch.rand(1, min(chunk, queries), 2, device=device) * 2 - 1
+        ll = torch.rand(1, qq.shape[1], 2, device=device) * 2 - 1
 
         def decode(exact: bool) -> None:
-            net.s2_query(fmaps, qq, exact=exact)
+            net.decode(feats, qq, ll, exact=exact)
 
-        t_dec = timed(lambda: decode(False), 1)
-        t_dec_exact = timed(lambda: decode(True), 1)
+        t_dec = timed(lambda: decode(False), 3 if cuda else 1, device)
+        t_dec_exact = timed(lambda: decode(True), 3 if cuda else 1, device)
         qps, qps_exact = qq.shape[1] / t_dec, qq.shape[1] / t_dec_exact
-        per_chip = queries / qps
         print(
-            f"  decoder (Sentinel-2 branch)  {qps:9.0f} queries/s  straightforward "
-            f"{qps_exact:9.0f}   ratio {qps / qps_exact:.2f}x  "
-            f"({per_chip:.1f} s per {queries:,}-query chip; measured on "
-            f"{qq.shape[1]:,} queries)"
+            f"  full query path (both decoders, fusion, heads, location) {qps:11.0f} queries/s"
+            f" ({1e3 / qps:.4f} ms/query)  straightforward {qps_exact:11.0f}   ratio "
+            f"{qps / qps_exact:.2f}x  ({queries / qps:.2f} s per {queries:,}-query chip; "
+            f"measured on {qq.shape[1]:,} queries)"
         )
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"  peak GPU memory {peak:.1f} GiB")
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  peak RSS so far {peak_mb:.0f} MB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["cpu", "paper"])
     parser.add_argument("--queries", type=int, default=62_500)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=None, help="fp32 and/or bf16 [default: both on CUDA]"
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    device = torch.device(args.device)
+    dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {name}")
     for preset in args.presets:
-        bench_preset(preset, args.queries)
+        for dtype in dtypes:
+            bench_preset(preset, args.queries, device, dtype)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ from .rasters import ManifestRaster, open_stack
 __all__ = ["ChipSource", "GridSpec", "PedonChipDataset", "PedonSampler"]
 
 
+#: Memory GDAL may use for its own tile cache while the source reads (MB).
+GDAL_CACHE_MB = 64
+
+
 @dataclass
 class _File:
     """A raster file of one modality, as the source reads it."""
@@ -156,7 +160,14 @@ class ChipSource:
 
     # --- blocks ---------------------------------------------------------------------------
     def _read_block(self, br: int, bc: int) -> np.ndarray:
-        """Block ``(br, bc)`` as float32 ``(C, B, B)`` with NaN where no file has valid data."""
+        """Block ``(br, bc)`` as float32 ``(C, B, B)`` with NaN where no file has valid data.
+
+        GDAL's own block cache is kept small while reading: the decoded blocks live in this
+        source's cache, and a second copy would double the memory a run holds."""
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+            return self._read_block_uncached(br, bc)
+
+    def _read_block_uncached(self, br: int, bc: int) -> np.ndarray:
         bp, g = self.block_px, self.grid
         r0, c0 = br * bp, bc * bp
         xmin, xmax, ymin, ymax = g.bounds_of(r0, c0, bp, bp)

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 
 from ..errors import DatasetError
@@ -59,6 +58,8 @@ class BandStats:
 def _sample_band_values(
     manifest: DatasetManifest, max_pixels_per_file: int
 ) -> dict[str, list[np.ndarray]]:
+    import rasterio
+
     values: dict[str, list[np.ndarray]] = {b: [] for b in manifest.band_names}
     for name, spec in manifest.modalities.items():
         files = manifest.modality_files(name, required=True)

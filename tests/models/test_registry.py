@@ -81,3 +81,17 @@ def test_xgboost_stops_early_on_the_validation_split(tiny, tabular):
     )
     model.fit(X.iloc[:300], y[:300], X.iloc[300:], y[300:])
     assert model.best_iteration_ < 1999
+
+
+def test_the_model_registry_imports_without_the_raster_stack():
+    """Networks, losses and the training loop load without torchgeo or rasterio (a GPU
+    machine with only PyTorch runs them; tree-model runs start faster)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, miso_bench.models; "
+        "print(','.join(m for m in ('torchgeo', 'rasterio') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

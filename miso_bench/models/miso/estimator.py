@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,6 @@ import torch
 from scipy.spatial import cKDTree
 from sklearn.metrics import f1_score
 
-from ...data.chips import ChipSource, GridSpec, PedonChipDataset
-from ...data.normalization import BandStats, Normalizer
 from ...errors import MisoBenchError
 from ...training import TrainConfig, fit_module
 from ...training.distributed import device_count, launch, process_group, shard
@@ -39,6 +37,10 @@ from .backbones import find_satlas_weights, load_satlas_state_dict, satlas_norma
 from .location import LocationNormalizer
 from .losses import MisoLoss, merged_aux
 from .network import MisoConfig, MisoNet
+
+if TYPE_CHECKING:  # the data layer (torchgeo, rasterio) loads when chips are first read
+    from ...data.chips import ChipSource, PedonChipDataset
+    from ...data.grid import GridSpec
 
 __all__ = ["PRESETS", "FitStoppedError", "MisoModel", "resolve_preset"]
 
@@ -251,6 +253,8 @@ class MisoModel(ChipModel):
     def _chip_dataset(
         self, x: np.ndarray, y: np.ndarray, jitter: int, seed: int
     ) -> PedonChipDataset:
+        from ...data.chips import PedonChipDataset
+
         table = pd.DataFrame({"id": np.arange(len(x)), "x": x, "y": y})
         return PedonChipDataset(self._source, table, self._size, jitter_px=jitter, seed=seed)
 
@@ -726,6 +730,9 @@ class MisoModel(ChipModel):
 
     def load_state(self, folder: Path, meta: Mapping[str, Any]) -> None:
         """Rebuild the network from ``model.json`` and load ``weights.pt`` (weights only)."""
+        from ...data.grid import GridSpec
+        from ...data.normalization import BandStats, Normalizer
+
         state = meta["state"]
         cfg = dict(state["config"])
         cfg["depths"], cfg["num_heads"] = tuple(cfg["depths"]), tuple(cfg["num_heads"])
