@@ -51,6 +51,7 @@ __all__ = [
     "TruthSample",
     "build_inputs",
     "check_hygiene",
+    "check_unlabeled_chips",
     "fit_predict_fold",
     "model_record",
     "plan_fold",
@@ -287,7 +288,7 @@ def plan_fold(
     spatial validation split carved from ``train`` alone."""
     train = np.asarray(train, dtype=np.int64)
     fit, val = train, np.array([], dtype=np.int64)
-    if getattr(MODELS.get(inputs.model).cls, "needs_validation", False):
+    if MODELS.get(inputs.model).cls.needs_validation:
         fit_pos, val_pos = inner_validation_split(
             inputs.xy_m[train],
             inputs.y[train],
@@ -357,6 +358,38 @@ def check_hygiene(
                 f"{name}: the chip model's exclusion area misses {len(missing)} test/held-out "
                 f"pedons (e.g. at {missing[0]}): unlabelled chips could cover them"
             )
+
+
+def check_unlabeled_chips(name: str, windows: np.ndarray, forbidden_xy: np.ndarray) -> None:
+    """Refuse a fit whose unlabelled chips covered a test or held-out pedon.
+
+    Args:
+        name: the fold, for the message.
+        windows: ``(n, 4)`` chip bounds ``(xmin, xmax, ymin, ymax)``.
+        forbidden_xy: ``(m, 2)`` coordinates of the test and held-out pedons.
+
+    Raises:
+        HygieneError: a chip covered one.
+    """
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    if len(windows) == 0 or len(forbidden_xy) == 0:
+        return
+    from scipy.spatial import cKDTree
+
+    centres = np.column_stack(
+        [(windows[:, 0] + windows[:, 1]) / 2, (windows[:, 2] + windows[:, 3]) / 2]
+    )
+    half = (windows[:, 1] - windows[:, 0]).max() / 2
+    tree = cKDTree(np.asarray(forbidden_xy, dtype=np.float64))
+    hits = tree.query_ball_point(centres, r=half, p=np.inf)
+    for w, near in zip(windows, hits, strict=True):
+        for j in near:
+            px, py = forbidden_xy[j]
+            if w[0] <= px < w[1] and w[2] < py <= w[3]:
+                raise HygieneError(
+                    f"{name}: an unlabelled training chip covered a test/held-out pedon at "
+                    f"({px}, {py})"
+                )
 
 
 @dataclass
@@ -437,6 +470,7 @@ def fit_predict_fold(
             spec.name, **hygiene, forbidden_xy=forbidden_xy, exclude_xy=context.exclude_xy
         )
         model.fit(X_fit, y_fit, X_val, y_val, context=context)
+        check_unlabeled_chips(spec.name, model.unlabeled_windows(), forbidden_xy)
     else:
         check_hygiene(spec.name, **hygiene)
         try:
@@ -459,10 +493,7 @@ def fit_predict_fold(
     metrics["fold/n_train"] = float(len(spec.fit))
     metrics["fold/n_val"] = float(len(spec.val))
     metrics["fold/n_test"] = float(len(spec.test))
-    if hasattr(model, "best_iteration_"):
-        metrics["fold/best_iteration"] = float(model.best_iteration_)
-    if hasattr(model, "best_epoch_"):
-        metrics["fold/best_epoch"] = float(model.best_epoch_)
+    metrics.update({f"fold/{k}": v for k, v in model.fit_report().items()})
     return FoldResult(
         spec,
         model,

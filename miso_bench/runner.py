@@ -20,10 +20,13 @@ and recorded as ``warning.<key>`` tags.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,9 +55,9 @@ from .evaluation import plots
 from .evaluation.regional import RegionalResult, confusion_of
 from .evaluation.tasks import Task
 from .models import save_fitted
-from .provenance import code_version, git_commit
+from .provenance import code_version, git_commit, process_identity
 from .registry import slugify
-from .tracking import Heartbeat, Tracker
+from .tracking import Heartbeat, RunInProgressError, Tracker
 from .version import __version__
 
 __all__ = [
@@ -88,6 +91,16 @@ class RunProgress:
 
     def warn(self, message: str) -> None:
         """A fallback or adjustment to tell the user about once."""
+
+
+class _Announcing(RunProgress):
+    """The default progress: silent, but warnings are told through ``announce``."""
+
+    def __init__(self, announce: Callable[[str], None]) -> None:
+        self.announce = announce
+
+    def warn(self, message: str) -> None:
+        self.announce(f"warning: {message}")
 
 
 @dataclass
@@ -147,6 +160,49 @@ def prepare_dataset(
         announce(f"Generating the synthetic Alaska ({data['preset']}) in {target} ...")
         generate_synthetic_alaska(target, preset=data["preset"], seed=int(data["seed"]))
     return load_manifest(target)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, batch schedulers) interrupts a run like Ctrl-C, also when the suite
+    is used as a library; a handler the caller installed is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _run_lock(config_hash: str) -> Iterator[None]:
+    """One process at a time per run on this machine (two identical jobs started together
+    would otherwise both create, or both resume, the same run)."""
+    import fcntl
+
+    folder = home_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{config_hash}.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RunInProgressError(
+                "the same run is in progress in another process on this machine (fix: wait "
+                "for it to finish or stop it; a rerun then resumes its finished folds)"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _Warnings:
@@ -273,8 +329,14 @@ def run_benchmark(
         RunInProgressError: the same run is running in a live process.
         HygieneError: a test pedon would reach a fit (a defect).
     """
+    with _terminate_as_interrupt():
+        return _run(config, progress or _Announcing(announce), announce)
+
+
+def _run(
+    config: dict[str, Any], reporter: RunProgress, announce: Callable[[str], None]
+) -> RunResult:
     start = time.perf_counter()
-    reporter = progress or RunProgress()
     with _Warnings(reporter) as caught:
         reporter.step("preparing the dataset")
         manifest = prepare_dataset(config, announce)
@@ -293,7 +355,13 @@ def run_benchmark(
         chash = config_hash({"config": config, "dataset": inputs.fingerprint, "code": code})
         experiment = config["tracking"]["experiment"] or f"{manifest.name}/{task.name}"
         tracker = Tracker(experiment, config["tracking"]["uri"])
-        resumable = tracker.find_resumable(chash)
+        held = ExitStack()  # the run's lock, held from here to the end of the run
+        held.enter_context(_run_lock(chash))
+        try:
+            resumable = tracker.find_resumable(chash)
+        except BaseException:
+            held.close()
+            raise
         model_name = inputs.model
         tags = {
             "model": model_name,
@@ -311,6 +379,7 @@ def run_benchmark(
             "run_level": "parent",
             "n_folds": str(len(splits)),
             "features": ",".join(inputs.feature_columns),
+            **process_identity(),  # at creation: another process sees this run is alive
         }
         block = getattr(splitter, "block_size_m", None)
         if block is None and hasattr(splitter, "base"):
@@ -332,6 +401,7 @@ def run_benchmark(
         dropped: list[str] = []
         run_name = f"{model_name}-{config['cv']['name']}-{task.name}-seed{seed}"
         with (
+            held,
             tracker.run(run_name, tags=tags, run_id=parent_id) as run_id,
             Heartbeat(tracker, run_id),
         ):
@@ -368,8 +438,8 @@ def run_benchmark(
                         checkpoint_dir=ckpt_root / name,
                         on_epoch=partial(reporter.epoch, name),
                     )
-                    if hasattr(result.model, "run_tags"):
-                        model_tags = result.model.run_tags()
+                    model_tags = result.model.run_tags()
+                    if model_tags:
                         tracker.set_tags(fold_id, model_tags)
                     truth = truth_metrics(result.model, inputs)
                     dropped += _log_fold(tracker, fold_id, result, inputs, config, truth)
@@ -419,7 +489,7 @@ def run_benchmark(
                         checkpoint_dir=ckpt_root / "final",
                         on_epoch=partial(reporter.epoch, "final"),
                     )
-                    if hasattr(result.model, "run_tags"):
+                    if result.model.run_tags():
                         tracker.set_tags(final_id, result.model.run_tags())
                     _log_fold(tracker, final_id, result, inputs, config, {})
                 shutil.rmtree(ckpt_root / "final", ignore_errors=True)
@@ -642,6 +712,6 @@ def format_result(result: RunResult) -> str:
         )
     if result.resumed_folds:
         lines.append(f"resumed folds {result.resumed_folds} from the interrupted run")
-    for key, message in result.warnings.items():
-        lines.append(f"warning ({key}): {message}")
+    if result.warnings:
+        lines.append(f"warnings recorded on the run (tags warning.*): {', '.join(result.warnings)}")
     return "\n".join(lines)

@@ -143,3 +143,22 @@ def model_columns(name, inputs):
 
     features = MODELS.get(name).features or ("s2",)
     return resolve_feature_columns(inputs.manifest, list(features))
+
+
+def test_unlabelled_chips_over_a_test_pedon_are_refused_after_the_fit(tiny_dir, home, monkeypatch):
+    """A model that ignores its exclusion area is caught by what it trained on."""
+    from miso_bench.models.miso.estimator import MisoModel
+
+    c = cfg(tiny_dir, **{"model.name": "miso", "task": "tax_order"})
+    inputs = build_inputs(c, load_manifest(tiny_dir))
+    train, test = halves(len(inputs.table))
+    spec = plan_fold("f", inputs, train, test[:30], c["cv"], seed=0)
+    test_xy = inputs.table[["x", "y"]].to_numpy()[spec.test]
+
+    def leaky(self, x, y, n, rng):  # a defect: unlabelled chips centred on test pedons
+        return test_xy[: max(n, 1)]
+
+    monkeypatch.setattr(MisoModel, "_unlabeled_centres", leaky)
+    params = {"epochs": 1, "batch_size": 16, "chip_size_px": 32, "preset": "cpu", "device": "cpu"}
+    with pytest.raises(HygieneError, match="unlabelled training chip covered"):
+        fit_predict_fold(inputs, spec, params, seed=0)

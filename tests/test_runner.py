@@ -459,3 +459,34 @@ def test_load_model_errors_are_clear(tiny_dir, home):
         load_model(result.run_id, tracking_uri=result.tracking_uri)
     with pytest.raises(MisoBenchError, match="no MLflow run"):
         load_model("0" * 32, tracking_uri=result.tracking_uri)
+
+
+def test_one_process_at_a_time_per_run_on_this_machine(home):
+    from miso_bench.runner import _run_lock
+
+    with _run_lock("abc123"), pytest.raises(RunInProgressError), _run_lock("abc123"):
+        pass
+    with _run_lock("abc123"):  # released: free again
+        pass
+
+
+SIGNALS_SEEN: list = []
+
+
+class SignalSpy(MajorityModel):
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        SIGNALS_SEEN.append(signal.getsignal(signal.SIGTERM))
+        return super().fit(X, y, X_val, y_val)
+
+
+def test_sigterm_interrupts_a_run_used_as_a_library(tiny_dir, home):
+    register_model("signal_spy", SignalSpy, features=("s2",))
+    try:
+        cfg = config(tiny_dir, home, **{"model.name": "signal_spy", "refit": False})
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        quiet(cfg)
+    finally:
+        MODELS.unregister("signal_spy")
+    assert SIGNALS_SEEN and all(h is not signal.SIG_DFL for h in SIGNALS_SEEN)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run

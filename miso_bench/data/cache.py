@@ -84,6 +84,16 @@ def dataset_fingerprint(
     return digest
 
 
+def _features_code() -> str:
+    """A hash of the modules whose code decides point-feature values."""
+    from . import features, manifest
+
+    h = hashlib.sha256()
+    for module in (features, manifest):
+        h.update(Path(str(module.__file__)).read_bytes())
+    return h.hexdigest()[:8]
+
+
 def cached_feature_table(
     manifest: DatasetManifest,
     fingerprint: str,
@@ -98,7 +108,9 @@ def cached_feature_table(
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     points = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:16]
-    path = cache_dir("features", fingerprint) / f"w{window_px}-{points}.parquet"
+    # The code that computes the values is part of the key: an upgrade that changes them
+    # (a no-data or overlap rule) never reads an older version's cached values.
+    path = cache_dir("features", fingerprint) / f"{_features_code()}-w{window_px}-{points}.parquet"
     if path.is_file():
         try:
             frame = pd.read_parquet(path)

@@ -113,6 +113,17 @@ class ChipSource:
         state["_handles"] = OrderedDict()
         return state
 
+    def resized(self, cache_mb: float) -> ChipSource:
+        """A copy of this source (same files and grid) with its own, empty cache of
+        ``cache_mb`` (data-parallel workers share the memory budget)."""
+        copy = object.__new__(ChipSource)
+        copy.__dict__.update(self.__getstate__())
+        copy.cache_mb = float(cache_mb)
+        block_bytes = self.n_bands * self.block_px**2 * 4
+        copy.max_blocks = max(4, int(copy.cache_mb * 2**20 // block_bytes))
+        copy.hits = copy.misses = 0
+        return copy
+
     def close(self) -> None:
         """Close open files and drop the cache."""
         for handle in self._handles.values():
@@ -124,7 +135,10 @@ class ChipSource:
         target = rasterio.crs.CRS.from_user_input(self.manifest.crs)
         g = self.grid
         files = []
-        for path in sorted(part.index["filepath"]):
+        # The manifest's file order (the order point features use): it decides overlaps.
+        indexed = {str(p) for p in part.index["filepath"]}
+        ordered = [str(p) for p in self.manifest.modality_files(part.spec.name)]
+        for path in [p for p in ordered if p in indexed]:
             with open_raster(path) as src:
                 t = src.transform
                 aligned = (

@@ -39,13 +39,12 @@ def _file_values(
     window_px: int,
     nodata: float | None,
     n_bands: int,
-    categorical: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Values of every band at the points that fall on one file.
+    """The ``window_px x window_px`` window of every band around the points, from one file.
 
     Returns:
-        indices of the points on the file and their values ``(n_on_file, bands)`` (NaN where
-        no-data or, for windows, where no pixel of the window is valid).
+        indices of the points whose window touches the file, and their windows
+        ``(n, bands, window_px ** 2)`` (row-major; NaN on no-data and off the file).
     """
     with open_raster(path) as src:
         if src.count != n_bands:
@@ -61,26 +60,35 @@ def _file_values(
             fx, fy = x, y
         inv = ~src.transform
         fx, fy = np.asarray(fx), np.asarray(fy)
-        cols = np.floor(inv.a * fx + inv.b * fy + inv.c).astype(np.int64)
-        rows = np.floor(inv.d * fx + inv.e * fy + inv.f).astype(np.int64)
-        on = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+        with np.errstate(invalid="ignore"):
+            cols_f = np.floor(inv.a * fx + inv.b * fy + inv.c)
+            rows_f = np.floor(inv.d * fx + inv.e * fy + inv.f)
+        half = window_px // 2
+        finite = np.isfinite(cols_f) & np.isfinite(rows_f)
+        cols = np.where(finite, cols_f, -(10**9)).astype(np.int64)
+        rows = np.where(finite, rows_f, -(10**9)).astype(np.int64)
+        on = (
+            (rows >= -half)
+            & (rows < src.height + half)
+            & (cols >= -half)
+            & (cols < src.width + half)
+        )
         idx = np.flatnonzero(on)
-        out = np.full((idx.size, src.count), np.nan)
+        out = np.full((idx.size, src.count, window_px * window_px), np.nan)
         if idx.size == 0:
             return idx, out
         fill = nodata_in_dtype(nodata if nodata is not None else src.nodata, src.dtypes[0])
-        half = window_px // 2
-        keys = (rows[idx] // READ_BLOCK_PX) * (src.width // READ_BLOCK_PX + 1) + (
-            cols[idx] // READ_BLOCK_PX
-        )
+        keys = (np.clip(rows[idx], 0, None) // READ_BLOCK_PX) * (
+            src.width // READ_BLOCK_PX + 1
+        ) + np.clip(cols[idx], 0, None) // READ_BLOCK_PX
         order = np.argsort(keys, kind="stable")
         splits = np.flatnonzero(np.diff(keys[order])) + 1
         for group in np.split(order, splits):
-            pr_all, pc_all = rows[idx[group]], cols[idx[group]]
-            r0 = max(int(pr_all.min()) - half, 0)
-            r1 = min(int(pr_all.max()) + half + 1, src.height)
-            c0 = max(int(pc_all.min()) - half, 0)
-            c1 = min(int(pc_all.max()) + half + 1, src.width)
+            pr, pc = rows[idx[group]], cols[idx[group]]
+            r0 = max(int(pr.min()) - half, 0)
+            r1 = min(int(pr.max()) + half + 1, src.height)
+            c0 = max(int(pc.min()) - half, 0)
+            c1 = min(int(pc.max()) + half + 1, src.width)
             try:
                 block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
             except rasterio.errors.RasterioError as exc:
@@ -89,40 +97,16 @@ def _file_values(
                 ) from exc
             if fill is not None and not np.isnan(fill):
                 block[block == fill] = np.nan
-            out[group] = _values_in_block(block, pr_all - r0, pc_all - c0, window_px, categorical)
+            k = 0
+            for dr in range(-half, half + 1):
+                for dc in range(-half, half + 1):
+                    rr, cc = pr + dr - r0, pc + dc - c0
+                    inside = (rr >= 0) & (rr < block.shape[1]) & (cc >= 0) & (cc < block.shape[2])
+                    vals = np.full((pr.size, src.count), np.nan)
+                    vals[inside] = block[:, rr[inside], cc[inside]].T
+                    out[group, :, k] = vals
+                    k += 1
         return idx, out
-
-
-def _values_in_block(
-    block: np.ndarray,
-    pr: np.ndarray,
-    pc: np.ndarray,
-    window_px: int,
-    categorical: np.ndarray | None,
-) -> np.ndarray:
-    """Centre values (``window_px == 1``) or window means of valid pixels at block positions."""
-    centre = block[:, pr, pc].T
-    if window_px == 1:
-        return centre
-    half = window_px // 2
-    acc = np.zeros((pr.size, block.shape[0]))
-    cnt = np.zeros((pr.size, block.shape[0]))
-    h, w = block.shape[1:]
-    for dr in range(-half, half + 1):
-        for dc in range(-half, half + 1):
-            rr, cc = pr + dr, pc + dc
-            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-            vals = np.full((pr.size, block.shape[0]), np.nan)
-            vals[inside] = block[:, rr[inside], cc[inside]].T
-            ok = ~np.isnan(vals)
-            acc += np.where(ok, vals, 0.0)
-            cnt += ok
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(cnt > 0, acc / cnt, np.nan)
-    # Class codes are not averaged: categorical bands keep the centre pixel.
-    if categorical is not None and categorical.any():
-        mean[:, categorical] = centre[:, categorical]
-    return mean
 
 
 def extract_point_features(
@@ -135,17 +119,21 @@ def extract_point_features(
 ) -> pd.DataFrame:
     """Band values of every modality at the points ``(x, y)`` (in the manifest's CRS).
 
-    Where tiles overlap, each band takes the first *valid* value in file-name order (a pixel
-    that is no-data in one tile is filled from the next), the same rule as the chip source
-    (:class:`~miso_bench.data.chips.ChipSource`) and torchgeo's merge.
+    Where tiles overlap, every pixel of every band takes the first *valid* value in file-name
+    order (a pixel that is no-data in one tile is filled from the next), the rule of the chip
+    source (:class:`~miso_bench.data.chips.ChipSource`) and of torchgeo's merge; window means
+    are taken over that mosaic, so a window at a tile's edge reads its neighbour. For files
+    on the dataset's grid both paths give the same values; files in another CRS are sampled
+    at the point here and warped (resampled) for chips.
 
     Args:
         manifest: dataset manifest.
         x, y: point coordinates in the manifest CRS.
         modalities: modalities to read (default: all).
         window_px: 1 for the pixel under the point, or an odd ``k`` for the mean of the valid
-            pixels in the ``k x k`` window around it.
-        files: the files to read per modality (default: the manifest's glob).
+            pixels in the ``k x k`` window around it (categorical bands keep the centre
+            pixel's code).
+        files: the files to read per modality (default: the manifest's, in name order).
 
     Returns:
         One row per point, one column per band (manifest band names); NaN where the point is
@@ -156,31 +144,36 @@ def extract_point_features(
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     columns: dict[str, np.ndarray] = {}
+    k2 = window_px * window_px
     for name in modalities or list(manifest.modalities):
         spec = manifest.modalities[name]
-        values = np.full((x.size, len(spec.bands)), np.nan)
+        windows = np.full((x.size, len(spec.bands), k2), np.nan)
         paths = files[name] if files is not None else manifest.modality_files(name)
         for path in paths:
-            todo = np.flatnonzero(np.isnan(values).any(axis=1))
+            todo = np.flatnonzero(np.isnan(windows).any(axis=(1, 2)))
             if todo.size == 0:
                 break
             idx, vals = _file_values(
-                str(path),
-                x[todo],
-                y[todo],
-                manifest.crs,
-                window_px,
-                spec.nodata,
-                len(spec.bands),
-                np.array([b in spec.categorical for b in spec.bands]),
+                str(path), x[todo], y[todo], manifest.crs, window_px, spec.nodata, len(spec.bands)
             )
             if idx.size == 0:
                 continue
             rows = todo[idx]
-            current = values[rows]
+            current = windows[rows]
             empty = np.isnan(current)
-            current[empty] = vals[empty]  # the first valid value wins, band by band
-            values[rows] = current
+            current[empty] = vals[empty]  # the first valid value wins, pixel by pixel
+            windows[rows] = current
+        centre = windows[:, :, k2 // 2]
+        if window_px == 1:
+            values = centre
+        else:
+            valid = ~np.isnan(windows)
+            count = valid.sum(axis=2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = np.where(count > 0, np.nansum(windows, axis=2) / count, np.nan)
+            # Class codes are not averaged: categorical bands keep the centre pixel.
+            categorical = np.array([b in spec.categorical for b in spec.bands])
+            values[:, categorical] = centre[:, categorical]
         for j, band in enumerate(spec.bands):
             columns[band] = values[:, j]
     return pd.DataFrame(columns)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..spatial import metric_coordinates
 from .cache import dataset_fingerprint
 from .manifest import DatasetManifest, open_raster
 from .normalization import compute_band_stats
@@ -32,6 +33,14 @@ def nn_same_label_rate(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> tupl
     return same, float(np.sum(p**2))
 
 
+def _units(crs: str) -> str:
+    """The unit of the CRS's coordinates, for labels (``m``, ``degree``...)."""
+    from pyproj import CRS
+
+    unit = CRS.from_user_input(crs).axis_info[0].unit_name
+    return {"metre": " m", "degree": "°"}.get(unit, f" {unit}")
+
+
 def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
     """Everything ``miso-bench data info`` shows, as plain data."""
     out: dict[str, Any] = {
@@ -39,6 +48,7 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
         "manifest": str(manifest.path),
         "crs": manifest.crs,
         "res_m": manifest.res_m,
+        "units": _units(manifest.crs),
         "source": manifest.source,
         "modalities": {},
     }
@@ -88,9 +98,10 @@ def dataset_summary(manifest: DatasetManifest) -> dict[str, Any]:
     for label in manifest.pedons.labels:
         kept, report = pedons.labelled(label)
         rows = kept.index.to_numpy()
-        same, chance = nn_same_label_rate(
-            kept["x"].to_numpy(), kept["y"].to_numpy(), kept["target"].to_numpy()
-        )
+        same, chance = float("nan"), float("nan")
+        if len(kept) >= 2:  # neighbours by distance in metres, whatever the dataset's CRS
+            xy, _ = metric_coordinates(manifest.crs, kept["x"].to_numpy(), kept["y"].to_numpy())
+            same, chance = nn_same_label_rate(xy[:, 0], xy[:, 1], kept["target"].to_numpy())
         by_region: dict[str, dict[str, int]] = {}
         for rname, assigned in regions.items():
             sub = assigned[rows]
@@ -115,18 +126,19 @@ def format_summary(s: dict[str, Any]) -> str:
     """Render :func:`dataset_summary` as text for the terminal."""
     lines = [
         f"Dataset {s['name']}  ({s['manifest']})",
-        f"  CRS {s['crs']}, grid {s['res_m']:g} m, fingerprint {s['fingerprint']}",
+        f"  CRS {s['crs']}, grid {s['res_m']:g}{s['units']}, fingerprint {s['fingerprint']}",
     ]
     if s["source"]:
         src = s["source"]
         lines.append("  source: " + ", ".join(f"{k}={v}" for k, v in src.items() if k != "sites"))
     lines.append("Rasters")
+    digits = 5 if s["units"] == "°" else 0
     for name, mod in s["modalities"].items():
         e = mod["extent"]
         lines.append(
             f"  {name:<10} {mod['files']:>3} files  {len(mod['bands']):>2} bands "
             f"{mod['dtype']:<8} nodata={mod['nodata']}  {mod['pixels']:,} px at "
-            f"{mod['res_m']:g} m  extent [{e[0]:.0f}, {e[1]:.0f}, {e[2]:.0f}, {e[3]:.0f}]"
+            f"{mod['res_m']:g}{s['units']}  extent [{', '.join(f'{v:.{digits}f}' for v in e)}]"
         )
         for band in mod["bands"]:
             b = s["bands"][band]

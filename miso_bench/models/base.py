@@ -96,6 +96,14 @@ class _Classifier(ClassifierMixin, BaseEstimator):
         """Probabilities at many points (the truth sample, maps); rows as in ``predict_proba``."""
         return self.predict_proba(X)
 
+    def run_tags(self) -> dict[str, str]:
+        """Tags for the run record (how the model ran: preset, device, weights...)."""
+        return {}
+
+    def fit_report(self) -> dict[str, float]:
+        """Figures of the last fit worth logging (``best_iteration``, ``best_epoch``...)."""
+        return {}
+
 
 class TabularModel(_Classifier):
     """Base of models that learn from a feature table (one row per pedon).
@@ -149,9 +157,11 @@ class FoldContext:
     Attributes:
         source: the dataset's chip source (a bounded, shared block cache).
         normalizer: per-band normalisation of the dataset (covariates).
-        exclude_xy: ``(n, 2)`` coordinates (dataset CRS) that no training chip may cover: the
-            test fold, and in nested CV every pedon held out from this fit. The engine's
-            hygiene guard checks that it holds every held-out pedon.
+        exclude_xy: ``(n, 2)`` coordinates (dataset CRS) that no unlabelled training chip may
+            cover: the test fold, and in nested CV every pedon held out from this fit. The
+            engine checks that it holds every held-out pedon before the fit, and that no
+            unlabelled chip the model trained on covers one after it. (Labelled chips around
+            training pedons may show a nearby test pedon's pixels, never its label.)
         checkpoint_dir: where to keep checkpoints (an interrupted fit resumes).
         on_epoch: per-epoch callback (progress, pruning); see :data:`EpochCallback`.
         fold: a label of the fit, for messages.
@@ -188,6 +198,11 @@ class ChipModel(_Classifier):
     ) -> ChipModel:
         raise NotImplementedError
 
+    def unlabeled_windows(self) -> np.ndarray:
+        """``(n, 4)`` bounds ``(xmin, xmax, ymin, ymax)`` of every chip the last fit trained on
+        without a label (the engine checks that none covers a held-out pedon)."""
+        return np.empty((0, 4))
+
     def attach(self, source: ChipSource) -> ChipModel:
         """Read chips from ``source`` (a dataset on the grid and bands the model was trained
         on)."""
@@ -200,10 +215,6 @@ class ChipModel(_Classifier):
     def load_state(self, folder: Path, meta: Mapping[str, Any]) -> None:
         """Restore the trained state written by :meth:`save_state`."""
         raise NotImplementedError
-
-    def run_tags(self) -> dict[str, str]:
-        """Tags for the run record."""
-        return {}
 
 
 @dataclass(frozen=True)
@@ -220,7 +231,7 @@ class ModelEntry:
     """
 
     name: str
-    cls: type
+    cls: type[Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] = ()
     description: str = ""

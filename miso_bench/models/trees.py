@@ -13,6 +13,9 @@ from .base import TabularModel, register_model
 
 __all__ = ["ForestModel", "MajorityModel", "XGBoostModel"]
 
+#: Forest probabilities are summed in this many fixed slices of trees (threads take slices).
+PREDICT_SLICES = 8
+
 #: The reference RF's 19 inputs: 9 Sentinel-2 + 7 terrain + 3 climate bands.
 REFERENCE_FEATURES = ("s2", "terrain", "climate")
 
@@ -90,8 +93,9 @@ class ForestModel(TabularModel):
 
         Xn = np.ascontiguousarray(X.to_numpy(dtype=np.float32))
         trees = self.forest_.estimators_
-        n_jobs = min(len(trees), effective_n_jobs(self.n_jobs))
-        slices = np.array_split(np.arange(len(trees)), n_jobs)
+        # A fixed number of slices (not one per core): the same sums on any machine.
+        slices = np.array_split(np.arange(len(trees)), min(len(trees), PREDICT_SLICES))
+        n_jobs = min(len(slices), effective_n_jobs(self.n_jobs))
 
         def partial(idx: np.ndarray) -> np.ndarray:
             total = np.zeros((len(Xn), len(self.forest_.classes_)))
@@ -180,6 +184,10 @@ class XGBoostModel(TabularModel):
         self.booster_.fit(X.to_numpy(dtype=np.float32), y, eval_set=eval_set, verbose=False)
         self.best_iteration_ = int(getattr(self.booster_, "best_iteration", self.n_estimators))
 
+    def fit_report(self) -> dict[str, float]:
+        """The boosting round kept by early stopping on the inner split."""
+        return {"best_iteration": float(getattr(self, "best_iteration_", self.n_estimators))}
+
     def _predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         if self.single_class_:
             return np.ones((len(X), 1))
@@ -195,7 +203,7 @@ register_model(
     "coords_only",
     ForestModel,
     features=("coords",),
-    description="spatial-proxy null: the reference RF on EPSG:3338 x/y alone",
+    description="spatial-proxy null: the reference RF on the pedons' x/y alone",
 )
 register_model(
     "rf",

@@ -178,7 +178,13 @@ class Tracker:
         if not runs or runs[0].info.status == "FINISHED":
             return None
         parent = runs[0]
-        if parent.info.status == "RUNNING" and process_alive(parent.data.tags):
+        # A run created without its process's identity (an older version, or caught between
+        # creation and tagging) counts as alive for its first ten minutes.
+        young = time.time() * 1000 - (parent.info.start_time or 0) < 600_000
+        unknown = "host" not in parent.data.tags
+        if parent.info.status == "RUNNING" and (
+            process_alive(parent.data.tags) if not unknown else young
+        ):
             t = parent.data.tags
             raise RunInProgressError(
                 f"the same run is in progress: MLflow run {parent.info.run_id} in process "

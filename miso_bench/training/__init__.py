@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import warn
 from .distributed import broadcast, shard
 
 __all__ = ["TrainConfig", "TrainResult", "cosine_with_warmup", "fit_module", "param_groups"]
@@ -104,6 +106,31 @@ def param_groups(
     return out
 
 
+def _save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a process killed while saving never
+    leaves a truncated checkpoint in place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> Any:
+    """A checkpoint (tensors only, ``weights_only``), or None when absent or unreadable (an
+    unreadable one is set aside with a warning, and the fit starts afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch.load raises many types on a damaged file
+        path.replace(path.with_name(path.name + ".damaged"))
+        warn(
+            "damaged_checkpoint",
+            f"{path}: unreadable checkpoint set aside ({type(exc).__name__}); the fit "
+            "starts from the beginning",
+        )
+        return None
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate factor: linear 0 -> 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -169,8 +196,8 @@ def fit_module(
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     first_epoch = 0
-    if ckpt is not None and (ckpt / "last.pt").is_file():
-        state = torch.load(ckpt / "last.pt", map_location=device, weights_only=True)
+    state = _load_checkpoint(ckpt / "last.pt", device) if ckpt is not None else None
+    if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -179,8 +206,8 @@ def fit_module(
         result.best_epoch = int(state["best_epoch"])
         result.best_score = float(state["best_score"])
         result.resumed_from = first_epoch
-        if (ckpt / "best.pt").is_file():
-            best_state = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
+        assert ckpt is not None  # the state came from it
+        best_state = _load_checkpoint(ckpt / "best.pt", torch.device("cpu"))
     use_amp = cfg.amp and device.type == "cuda"
     for epoch in range(first_epoch, cfg.epochs):
         if result.best_epoch >= 0 and epoch - result.best_epoch > cfg.patience:
@@ -230,10 +257,10 @@ def fit_module(
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             if writer is not None:
                 writer.mkdir(parents=True, exist_ok=True)
-                torch.save(best_state, writer / "best.pt")
+                _save_atomic(best_state, writer / "best.pt")
         if writer is not None:
             writer.mkdir(parents=True, exist_ok=True)
-            torch.save(
+            _save_atomic(
                 {
                     "model": module.state_dict(),
                     "optimizer": optimizer.state_dict(),

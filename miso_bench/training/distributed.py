@@ -11,6 +11,8 @@ so tracking never runs in more than one process.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -159,6 +161,13 @@ def launch(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> dict[i
         monitor_interval=0.1,
         start_method="spawn",
     )
+    # The elastic agent installs its own SIGTERM/SIGINT/SIGHUP/SIGQUIT handlers and leaves them
+    # in place: restore the caller's, so that Ctrl-C or `kill` after the fit still reaches the
+    # caller's interruption handling (runs end KILLED and resume).
+    saved = {
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    }
     try:
         return dict(elastic_launch(config, fn)(*args))
     except SignalException as exc:
@@ -168,6 +177,11 @@ def launch(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> dict[i
         if user_error is None:
             raise
         raise MisoBenchError(user_error) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def _user_error(exc: Any) -> str | None:

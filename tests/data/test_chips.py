@@ -170,6 +170,13 @@ def test_overlapping_tiles_give_chips_and_point_features_the_same_values(tiny_co
     np.testing.assert_array_equal(feats.to_numpy()[~from_overlap].T, original[:, ~from_overlap])
     shifted_source = shifted[:, 20, cols[from_overlap] - 10].astype(np.float64)
     np.testing.assert_array_equal(feats.to_numpy()[from_overlap].T, shifted_source)
+    # 3 x 3 window means are taken over the same mosaic as the chips.
+    means = extract_point_features(m, x, y, modalities=["terrain"], window_px=3)
+    block = source.raw_window(int(row0[0]) - 1, int(col0[0]) - 1, 3, cols.size + 2)
+    expected = np.stack(
+        [np.nanmean(block[:, :, j : j + 3].reshape(7, -1), axis=1) for j in range(cols.size)]
+    )
+    np.testing.assert_allclose(means.to_numpy(), expected, rtol=1e-6)
 
 
 def test_a_tile_in_another_crs_is_warped_onto_the_grid(tiny_copy, tiny):

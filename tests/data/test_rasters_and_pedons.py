@@ -95,3 +95,34 @@ def test_csv_pedons_with_unknown_labels(tiny_copy):
     kept, report = PedonDataset(load_manifest(tiny_copy)).labelled("tax_order")
     assert report.n_unknown == 5 and report.unknown_values == {"Alfisols": 5}
     assert len(kept) == report.n_kept
+
+
+def test_truth_coordinates_are_x_y_and_old_names_still_read(tiny_copy):
+    import pandas as pd
+
+    from miso_bench.data.manifest import load_manifest
+    from miso_bench.data.pedons import read_truth
+
+    m = load_manifest(tiny_copy)
+    truth = read_truth(m)
+    assert {"x", "y"} <= set(truth.columns)
+    path = tiny_copy / "truth.parquet"
+    pd.read_parquet(path).rename(columns={"x": "x_3338", "y": "y_3338"}).to_parquet(path)
+    old = read_truth(load_manifest(tiny_copy))
+    pd.testing.assert_frame_equal(old[["x", "y"]], truth[["x", "y"]])
+
+
+def test_info_on_a_geographic_dataset_speaks_degrees_and_metres(tiny_geographic_dir):
+    import math
+
+    from miso_bench.data.info import dataset_summary, format_summary
+    from miso_bench.data.manifest import load_manifest
+
+    summary = dataset_summary(load_manifest(tiny_geographic_dir))
+    text = format_summary(summary)
+    assert "grid 0.0001°" in text and "0.0001 m" not in text
+    rate = summary["pedons"]["tasks"]["tax_order"]["nn_same_label"]
+    assert (
+        math.isfinite(rate)
+        and rate > summary["pedons"]["tasks"]["tax_order"]["nn_same_label_chance"]
+    )

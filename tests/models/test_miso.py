@@ -251,6 +251,19 @@ def test_checkpoint_resume_gives_the_same_result(tmp_path):
         torch.testing.assert_close(v, straight[k])
 
 
+def test_a_damaged_checkpoint_is_set_aside_and_the_fit_starts_afresh(tmp_path):
+    from miso_bench.errors import MisoBenchWarning
+
+    cfg = TrainConfig(epochs=2, lr=1e-2, patience=10)
+    (tmp_path / "last.pt").write_bytes(b"truncated by a killed process")
+    net, batches, step, validate = _toy(0)
+    with pytest.warns(MisoBenchWarning, match="unreadable checkpoint"):
+        result = fit_module(net, batches, 4, step, validate, cfg, checkpoint_dir=tmp_path)
+    assert result.resumed_from is None and len(result.history) == 2
+    assert (tmp_path / "last.pt.damaged").is_file()
+    torch.load(tmp_path / "last.pt", weights_only=True)  # a complete checkpoint now
+
+
 def test_schedule_is_continuous_and_warms_up():
     total, warmup = 100, 10
     factors = [cosine_with_warmup(s, total, warmup, 0.05) for s in range(total)]
@@ -310,6 +323,24 @@ def test_miso_runs_under_the_benchmark_runner_and_loads_back(tiny_dir, home):
     assert run.data.tags["miso_preset"] == "cpu"
     assert run.data.tags["pretrained_weights"] == "none"
     assert not (home / "checkpoints").exists() or not any((home / "checkpoints").rglob("*.pt"))
+    # A fold's saved model, loaded back, reproduces its out-of-fold probabilities.
+    from miso_bench import load_model
+
+    client = MlflowClient(result.tracking_uri)
+    oof = pd.read_parquet(client.download_artifacts(result.run_id, "oof_predictions.parquet"))
+    rows = oof[oof["fold"] == 1]
+    predictor = load_model(result.run_id, fold=1, tracking_uri=result.tracking_uri)
+    columns = [c for c in oof.columns if c.startswith("p/")]
+    np.testing.assert_allclose(
+        predictor.predict_points(tiny_dir, rows["x"], rows["y"]),
+        rows[columns].to_numpy(),
+        atol=1e-5,
+    )
+    final = load_model(result.run_id, tracking_uri=result.tracking_uri)
+    probs = final.decode_window(
+        np.zeros((19, 32, 32), np.float32), np.ones((19, 32, 32), bool), (0, 320, 0, 320)
+    )
+    assert probs.shape == (2, 32, 32)
 
 
 # --- regressions: each of these gave a wrong result without an error ---------------------
@@ -398,6 +429,12 @@ def test_saved_model_predicts_the_same_and_decodes_windows(context, pedons, tmp_
     np.testing.assert_allclose(loaded.predict_points(pts), probs[:, rows, cols].T, atol=1e-5)
     with pytest.raises(MisoBenchError, match="bands"):
         loaded.decode_window(image[:5], valid[:5], grid.bounds_of(r0, c0, 32, 32))
+    # Another pixel size would show another area in a chip: refused.
+    from miso_bench.data.grid import GridSpec
+
+    loaded.grid_ = GridSpec(grid.x0, grid.y0, 2 * grid.res)
+    with pytest.raises(MisoBenchError, match="grid"):
+        loaded.attach(context.source)
 
 
 def test_fit_without_a_context_is_a_clear_error(pedons):

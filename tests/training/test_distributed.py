@@ -52,8 +52,21 @@ def _toy_worker(checkpoint_dir: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_on_the_same_global_batches(tmp_path):
+    import signal
+
     single = _toy_fit(None)
-    results = launch(_toy_worker, (str(tmp_path),), 2)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        results = launch(_toy_worker, (str(tmp_path),), 2)
+        # The launcher's own signal handlers are gone again: `kill` still ends the caller's
+        # run as an interruption after a data-parallel fit.
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert sorted(results) == [0, 1]
     for k, v in single.items():
         torch.testing.assert_close(results[0][k], v, rtol=1e-5, atol=1e-6)
@@ -152,3 +165,8 @@ def _failing_worker(message: str) -> None:
 def test_a_user_error_in_a_worker_is_raised_with_its_message():
     with pytest.raises(MisoBenchError, match=r"^pedons\.gpkg: field `x`: fix it$"):
         launch(_failing_worker, ("pedons.gpkg: field `x`: fix it",), 2)
+
+
+def test_every_device_means_every_gpu_and_one_process_on_cpu():
+    model = build_model("miso", {"devices": -1, "device": "cpu"}, 2, 0)
+    assert model._n_devices() == 1

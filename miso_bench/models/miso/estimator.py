@@ -29,7 +29,7 @@ import torch
 from scipy.spatial import cKDTree
 from sklearn.metrics import f1_score
 
-from ...errors import MisoBenchError
+from ...errors import MisoBenchError, warn
 from ...training import TrainConfig, fit_module
 from ...training.distributed import device_count, launch, process_group, shard
 from ..base import ChipModel, EpochCallback, FoldContext
@@ -195,7 +195,10 @@ class MisoModel(ChipModel):
 
     def _n_devices(self) -> int:
         device = self._device()
-        n = device_count(device.type) if self.devices == -1 else int(self.devices)
+        if self.devices == -1:  # every visible GPU; one process on CPU
+            n = device_count(device.type) if device.type == "cuda" else 1
+        else:
+            n = int(self.devices)
         if n < 1:
             raise MisoBenchError(
                 f"model.params.devices={self.devices}: use 1 or more, or -1 for all devices"
@@ -226,6 +229,20 @@ class MisoModel(ChipModel):
                 raise MisoBenchError(
                     f"{source.manifest.path}: the model was trained in {self.crs_}, this "
                     f"dataset is in {source.manifest.crs} (fix: reproject it, or train there)"
+                )
+            g, trained = source.grid, self.grid_
+
+            def on_lattice(a: float, b: float) -> bool:
+                shift = (a - b) / trained.res
+                return abs(shift - round(shift)) < 1e-6
+
+            same_res = abs(g.res - trained.res) <= 1e-9 * trained.res
+            if not (same_res and on_lattice(g.x0, trained.x0) and on_lattice(g.y0, trained.y0)):
+                raise MisoBenchError(
+                    f"{source.manifest.path}: the model was trained on a {trained.res:g} grid "
+                    f"(origin {trained.x0:g}, {trained.y0:g}); this dataset's grid is "
+                    f"{g.res:g} (origin {g.x0:g}, {g.y0:g}) (fix: resample it onto the "
+                    "training grid: chips of another pixel size show another area)"
                 )
         self._source = source
         self._grid: GridSpec = source.grid
@@ -290,17 +307,47 @@ class MisoModel(ChipModel):
             return np.empty((0, 2))
         size, g = self._size, self._grid
         rows, cols = g.pixel_of(x, y)
-        pick = rng.integers(0, len(x), size=4 * n)
-        shift = rng.integers(-size, size + 1, size=(4 * n, 2))
-        cr, cc = rows[pick] + shift[:, 0], cols[pick] + shift[:, 1]
+        tree = None
         if self._exclude is not None and len(self._exclude):
             er, ec = g.pixel_of(self._exclude[:, 0], self._exclude[:, 1])
-            dist, _ = cKDTree(np.column_stack([er, ec])).query(np.column_stack([cr, cc]), p=np.inf)
-            keep = dist > size / 2 + 1
-            cr, cc = cr[keep], cc[keep]
-        cx = g.x0 + (cc[:n] + 0.5) * g.res
-        cy = g.y0 - (cr[:n] + 0.5) * g.res
+            tree = cKDTree(np.column_stack([er, ec]))
+        found: list[np.ndarray] = []
+        have = 0
+        for _ in range(10):  # draws of 4n candidates until n keep clear of the excluded area
+            pick = rng.integers(0, len(x), size=4 * n)
+            shift = rng.integers(-size, size + 1, size=(4 * n, 2))
+            cand = np.column_stack([rows[pick] + shift[:, 0], cols[pick] + shift[:, 1]])
+            if tree is not None:
+                dist, _ = tree.query(cand, p=np.inf)
+                cand = cand[dist > size / 2 + 1]
+            found.append(cand)
+            have += len(cand)
+            if have >= n:
+                break
+        rc = np.concatenate(found)[:n]
+        if len(rc) < n:
+            warn(
+                "unlabeled_chips_short",
+                f"only {len(rc)} of {n} unlabelled chips keep clear of the held-out pedons "
+                "(the rest of each epoch trains on labelled chips only)",
+            )
+        cx = g.x0 + (rc[:, 1] + 0.5) * g.res
+        cy = g.y0 - (rc[:, 0] + 0.5) * g.res
         return np.column_stack([cx, cy])
+
+    def _window_bounds(self, centres: np.ndarray) -> np.ndarray:
+        """``(n, 4)`` bounds of the chips that :class:`PedonChipDataset` cuts at ``centres``."""
+        if len(centres) == 0:
+            return np.empty((0, 4))
+        g, size = self._grid, self._size
+        rows, cols = g.pixel_of(centres[:, 0], centres[:, 1])
+        xmin = g.x0 + (cols - size // 2) * g.res
+        ymax = g.y0 - (rows - size // 2) * g.res
+        return np.column_stack([xmin, xmin + size * g.res, ymax - size * g.res, ymax])
+
+    def unlabeled_windows(self) -> np.ndarray:
+        """Bounds of every unlabelled chip of the last fit (every epoch)."""
+        return getattr(self, "unlabeled_windows_", np.empty((0, 4)))
 
     # --- fit ----------------------------------------------------------------------------
     def _prepare(self, context: FoldContext, load_weights: bool = True) -> MisoNet:
@@ -401,7 +448,9 @@ class MisoModel(ChipModel):
                 target=relay.serve, args=(context.on_epoch, failure), daemon=True
             )
             listener.start()
-        worker_ctx = replace(context, on_epoch=relay)
+        # Each worker holds its own block cache: they share the memory budget.
+        source = context.source.resized(context.source.cache_mb / n)
+        worker_ctx = replace(context, on_epoch=relay, source=source)
         try:
             results = launch(_fit_worker, (self.get_params(), worker_ctx, X, y, X_val, y_val), n)
         finally:
@@ -423,6 +472,7 @@ class MisoModel(ChipModel):
         self.best_epoch_ = out["best_epoch"]
         self.resumed_from_ = out["resumed_from"]
         self.train_seconds_ = out["seconds"]
+        self.unlabeled_windows_ = out["unlabeled_windows"]
         self.world_size_ = n
 
     def _fit_here(
@@ -460,13 +510,19 @@ class MisoModel(ChipModel):
                 "between devices (fix: raise model.params.batch_size or lower devices)"
             )
         n_items = len(x_fit) + n_unlab
-        # The global batch is split between ranks; a last batch too small to split is dropped.
-        steps = n_items // bs + (1 if n_items % bs >= world else 0)
+        # The global batch is split between ranks. A last batch of fewer than max(2, ranks)
+        # chips is dropped (one chip has no InfoNCE negatives, and every rank needs a share),
+        # so one and two processes run the same batches.
+        smallest = max(2, world)
+        steps = n_items // bs + (1 if n_items % bs >= smallest else 0)
+
+        self._unlabeled_bounds: dict[int, np.ndarray] = {}
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
             rng = np.random.default_rng([self.random_state, epoch])
             labelled.set_epoch(epoch)
             unl = self._unlabeled_centres(x_fit, y_fit, n_unlab, rng)
+            self._unlabeled_bounds[epoch] = self._window_bounds(unl)
             unl_ds = (
                 self._chip_dataset(unl[:, 0], unl[:, 1], 0, self.random_state) if len(unl) else None
             )
@@ -476,7 +532,7 @@ class MisoModel(ChipModel):
                 chunk = [items[k] for k in order[start : start + bs]]
                 # Every rank draws the global batch's pseudo queries, then keeps its share.
                 pseudo = self._pseudo_queries(rng, len(chunk))[rank::world]
-                if len(chunk) < world:
+                if len(chunk) < smallest:
                     break
                 chunk = chunk[rank::world]
                 samples, labels, qs = [], [], []
@@ -544,6 +600,15 @@ class MisoModel(ChipModel):
         self.resumed_from_ = result.resumed_from
         self.train_seconds_ = result.seconds
         self.stopped_ = result.stopped
+        self.unlabeled_windows_ = (
+            np.concatenate(list(self._unlabeled_bounds.values()))
+            if self._unlabeled_bounds
+            else np.empty((0, 4))
+        )
+
+    def fit_report(self) -> dict[str, float]:
+        """The selected epoch (and the epochs run)."""
+        return {"best_epoch": float(self.best_epoch_), "epochs_run": float(len(self.history_))}
 
     def run_tags(self) -> dict[str, str]:
         """Tags for the run record: the preset used and the pretrained weights (or none)."""
@@ -821,5 +886,6 @@ def _fit_worker(
                 best_epoch=model.best_epoch_,
                 resumed_from=model.resumed_from_,
                 seconds=model.train_seconds_,
+                unlabeled_windows=model.unlabeled_windows_,
             )
         return out
