@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -337,199 +337,250 @@ def _run(
     config: dict[str, Any], reporter: RunProgress, announce: Callable[[str], None]
 ) -> RunResult:
     start = time.perf_counter()
+    seed = int(config["seed"])
     with _Warnings(reporter) as caught:
         reporter.step("preparing the dataset")
-        manifest = prepare_dataset(config, announce)
-        inputs = build_inputs(config, manifest, reporter.step)
-        seed = int(config["seed"])
-        task = inputs.task
+        inputs = build_inputs(config, prepare_dataset(config, announce), reporter.step)
         reporter.step(f"building {config['cv']['name']} folds")
         splitter, splits, diag = _splits(config, inputs, seed)
         caught.collect()
-        n = len(inputs.table)
-        folds = np.full(n, -1)
-        for f, (_, test) in enumerate(splits):
-            folds[test] = f
-
-        code = code_version()
-        chash = config_hash({"config": config, "dataset": inputs.fingerprint, "code": code})
-        experiment = config["tracking"]["experiment"] or f"{manifest.name}/{task.name}"
+        chash, tags = _identity(config, inputs, splitter, len(splits))
+        experiment = (
+            config["tracking"]["experiment"] or f"{inputs.manifest.name}/{inputs.task.name}"
+        )
         tracker = Tracker(experiment, config["tracking"]["uri"])
-        held = ExitStack()  # the run's lock, held from here to the end of the run
-        held.enter_context(_run_lock(chash))
-        try:
-            resumable = tracker.find_resumable(chash)
-        except BaseException:
-            held.close()
-            raise
-        model_name = inputs.model
-        tags = {
-            "model": model_name,
-            "cv": config["cv"]["name"],
-            "task": task.name,
-            "seed": str(seed),
-            "dataset": manifest.name,
-            "dataset_fingerprint": inputs.fingerprint,
-            "dataset_crs": manifest.crs,
-            "distance_crs": inputs.frame.metric_crs,
-            "git_commit": git_commit(),
-            "code_version": code,
-            "config_hash": chash,
-            "version": __version__,
-            "run_level": "parent",
-            "n_folds": str(len(splits)),
-            "features": ",".join(inputs.feature_columns),
-            **process_identity(),  # at creation: another process sees this run is alive
-        }
-        block = getattr(splitter, "block_size_m", None)
-        if block is None and hasattr(splitter, "base"):
-            block = getattr(splitter.base, "block_size_m", None)
-        if block is not None:
-            tags["cv_block_size_m"] = f"{float(block):.0f}"
-
-        refit = bool(config["refit"])
-        parent_id = resumable[0] if resumable else None
-        done = resumable[1] if resumable else {}
-        n_fits = len(splits) + int(refit)
-        reporter.folds(n_fits, sum(1 for k in done if k != "final" or refit))
-        ckpt_root = home_dir() / "checkpoints" / chash
-        oof = np.full((n, task.n_classes), np.nan)
-        truth_per_fold: list[dict[str, float]] = []
-        resumed: list[int] = []
-        fold_runs: dict[int, str] = {}
-        model_tags: dict[str, str] = {}
-        dropped: list[str] = []
-        run_name = f"{model_name}-{config['cv']['name']}-{task.name}-seed{seed}"
-        with (
-            held,
-            tracker.run(run_name, tags=tags, run_id=parent_id) as run_id,
-            Heartbeat(tracker, run_id),
-        ):
-            if not parent_id:  # a resumed run already holds its params and config
-                tracker.log_params(run_id, config)
-                tracker.log_yaml(run_id, config, "config.yaml")
-            caught.tag(tracker, run_id)
-            for f, (train, test) in enumerate(splits):
-                name = f"fold_{f}"
-                ids = inputs.ids[test]
-                back = _read_back(tracker, done[str(f)], ids, task) if str(f) in done else None
-                if back is not None:
-                    oof[test] = back
-                    truth_per_fold.append(
-                        {
-                            k: v
-                            for k, v in tracker.run_metrics(done[str(f)]).items()
-                            if k.startswith("truth/")
-                        }
-                    )
-                    resumed.append(f)
-                    fold_runs[f] = done[str(f)]
-                    reporter.fold_finished(name, resumed=True)
-                    continue
-                reporter.fold_started(name)
-                spec = plan_fold(name, inputs, train, test, config["cv"], seed + f)
-                fold_tags = {"fold": str(f), "run_level": "fold", "n_folds": str(len(splits))}
-                with tracker.run(name, tags=fold_tags, parent_id=run_id) as fold_id:
-                    result = fit_predict_fold(
-                        inputs,
-                        spec,
-                        config["model"]["params"],
-                        seed,
-                        checkpoint_dir=ckpt_root / name,
-                        on_epoch=partial(reporter.epoch, name),
-                    )
-                    model_tags = result.model.run_tags()
-                    if model_tags:
-                        tracker.set_tags(fold_id, model_tags)
-                    truth = truth_metrics(result.model, inputs)
-                    dropped += _log_fold(tracker, fold_id, result, inputs, config, truth)
-                oof[test] = result.proba
-                truth_per_fold.append(truth)
-                fold_runs[f] = fold_id
-                shutil.rmtree(ckpt_root / name, ignore_errors=True)  # the fold is logged
+        with _claim(tracker, chash) as (parent_id, done):
+            refit = bool(config["refit"])
+            reporter.folds(len(splits) + int(refit), sum(k != "final" or refit for k in done))
+            name = f"{inputs.model}-{config['cv']['name']}-{inputs.task.name}-seed{seed}"
+            with (
+                tracker.run(name, tags=tags, run_id=parent_id) as run_id,
+                Heartbeat(tracker, run_id),
+            ):
+                if not parent_id:  # a resumed run already holds its params and config
+                    tracker.log_params(run_id, config)
+                    tracker.log_yaml(run_id, config, "config.yaml")
                 caught.tag(tracker, run_id)
-                reporter.fold_finished(name)
-
-            if model_tags:  # e.g. the MISO preset and pretrained weights, on the parent too
-                tracker.set_tags(run_id, model_tags)
-
-            # --- pooled evaluation ---------------------------------------------------------
-            reporter.step("evaluating")
-            tested = folds >= 0
-            regional = pooled_evaluation(inputs, oof, tested, config["eval"], seed)
-            metrics = regional.flat("test")
-            truth_mean = _mean_truth(truth_per_fold)
-            primary = task.primary_metric
-            if f"truth/overall/{primary}" in truth_mean:
-                metrics[f"optimism/{primary}"] = (
-                    metrics[f"test/overall/{primary}"] - truth_mean[f"truth/overall/{primary}"]
-                )
-            metrics.update(truth_mean)
-            metrics.update(diag.summary())
-            metrics["data/n_pedons"] = float(n)
-            metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)
-            _log_artifacts(
-                tracker, run_id, inputs, regional, oof, folds, diag, truth_mean, run_name
-            )
-
-            # --- the final model, refit on every labelled pedon ----------------------------
-            final_id = done.get("final") if refit else None
-            if refit and final_id is None:
-                reporter.fold_started("final")
-                everything = np.arange(n)
-                spec = plan_fold("final", inputs, everything, np.array([], int), config["cv"], seed)
-                with tracker.run(
-                    "final", tags={"fold": "final", "run_level": "final"}, parent_id=run_id
-                ) as final_id:
-                    result = fit_predict_fold(
-                        inputs,
-                        spec,
-                        config["model"]["params"],
-                        seed,
-                        checkpoint_dir=ckpt_root / "final",
-                        on_epoch=partial(reporter.epoch, "final"),
-                    )
-                    if result.model.run_tags():
-                        tracker.set_tags(final_id, result.model.run_tags())
-                    _log_fold(tracker, final_id, result, inputs, config, {})
-                shutil.rmtree(ckpt_root / "final", ignore_errors=True)
-                reporter.fold_finished("final")
-            elif refit:
-                reporter.fold_finished("final", resumed=True)
-            if final_id:
-                tracker.set_tags(run_id, {"final_model_run": final_id})
-            metrics["time/seconds"] = time.perf_counter() - start
-            dropped += tracker.log_metrics(run_id, metrics)
-            if dropped:
-                undefined = sorted(set(dropped))
-                caught.add(
-                    "nan_metrics",
-                    f"{len(undefined)} metrics are undefined (NaN: e.g. {undefined[0]}, a "
-                    "positive-class metric where a region has no positives) and were not "
-                    "logged to MLflow; metrics_by_region.csv keeps them",
-                )
-            caught.tag(tracker, run_id)
-        shutil.rmtree(ckpt_root, ignore_errors=True)
+                step = _Step(config, inputs, tracker, run_id, reporter, caught, chash)
+                folds = step.cross_validate(splits, done)
+                reporter.step("evaluating")
+                regional, metrics = step.evaluate(folds, diag, name)
+                final_id = done.get("final") if refit else None
+                if refit and final_id is None:
+                    final_id = step.refit()
+                elif refit:
+                    reporter.fold_finished("final", resumed=True)
+                if final_id:
+                    tracker.set_tags(run_id, {"final_model_run": final_id})
+                metrics["time/seconds"] = time.perf_counter() - start
+                step.finish(metrics)
+            shutil.rmtree(step.checkpoints, ignore_errors=True)
     return RunResult(
         run_id,
         experiment,
         tracker.uri,
-        task,
+        inputs.task,
         config,
         metrics,
         regional,
-        truth_mean,
-        folds,
-        n,
+        folds.truth_mean,
+        folds.fold_of,
+        len(inputs.table),
         inputs.n_dropped,
         time.perf_counter() - start,
-        resumed,
+        folds.resumed,
         final_id,
-        fold_runs,
+        folds.run_ids,
         caught.messages(),
         inputs.frame.metric_crs,
-        manifest.crs,
+        inputs.manifest.crs,
     )
+
+
+def _identity(
+    config: dict[str, Any], inputs: RunInputs, splitter: Any, n_folds: int
+) -> tuple[str, dict[str, str]]:
+    """The run's resume key (config, data and code) and its tags."""
+    code = code_version()
+    chash = config_hash({"config": config, "dataset": inputs.fingerprint, "code": code})
+    tags = {
+        "model": inputs.model,
+        "cv": config["cv"]["name"],
+        "task": inputs.task.name,
+        "seed": str(config["seed"]),
+        "dataset": inputs.manifest.name,
+        "dataset_fingerprint": inputs.fingerprint,
+        "dataset_crs": inputs.manifest.crs,
+        "distance_crs": inputs.frame.metric_crs,
+        "git_commit": git_commit(),
+        "code_version": code,
+        "config_hash": chash,
+        "version": __version__,
+        "run_level": "parent",
+        "n_folds": str(n_folds),
+        "features": ",".join(inputs.feature_columns),
+        **process_identity(),  # at creation: another process sees this run is alive
+    }
+    block = getattr(splitter, "block_size_m", None)
+    if block is None and hasattr(splitter, "base"):  # buffered: the base scheme's blocks
+        block = getattr(splitter.base, "block_size_m", None)
+    if block is not None:
+        tags["cv_block_size_m"] = f"{float(block):.0f}"
+    return chash, tags
+
+
+@contextmanager
+def _claim(tracker: Tracker, chash: str) -> Iterator[tuple[str | None, dict[str, str]]]:
+    """Hold the run's lock and yield the interrupted run to resume (its id and finished
+    folds), or ``(None, {})`` for a new run."""
+    with _run_lock(chash):
+        found = tracker.find_resumable(chash)
+        yield (found[0], found[1]) if found else (None, {})
+
+
+@dataclass
+class _Folds:
+    """What the cross-validation produced (fresh or read back)."""
+
+    oof: np.ndarray
+    fold_of: np.ndarray
+    truth: list[dict[str, float]] = field(default_factory=list)
+    resumed: list[int] = field(default_factory=list)
+    run_ids: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def truth_mean(self) -> dict[str, float]:
+        return _mean_truth(self.truth)
+
+
+@dataclass
+class _Step:
+    """The steps of one run that log to its MLflow parent run."""
+
+    config: dict[str, Any]
+    inputs: RunInputs
+    tracker: Tracker
+    run_id: str
+    reporter: RunProgress
+    caught: _Warnings
+    chash: str
+    model_tags: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def checkpoints(self) -> Path:
+        return home_dir() / "checkpoints" / self.chash
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    def _fit(self, name: str, tags: dict[str, str], spec: Any) -> tuple[str, FoldResult, dict]:
+        """One fit in a nested run: model, predictions, metrics and the truth scores."""
+        with self.tracker.run(name, tags=tags, parent_id=self.run_id) as child:
+            result = fit_predict_fold(
+                self.inputs,
+                spec,
+                self.config["model"]["params"],
+                self.seed,
+                checkpoint_dir=self.checkpoints / name,
+                on_epoch=partial(self.reporter.epoch, name),
+            )
+            model_tags = result.model.run_tags()
+            if model_tags:
+                self.model_tags = model_tags
+                self.tracker.set_tags(child, model_tags)
+            truth = truth_metrics(result.model, self.inputs) if len(spec.test) else {}
+            self.dropped += _log_fold(self.tracker, child, result, self.inputs, self.config, truth)
+        shutil.rmtree(self.checkpoints / name, ignore_errors=True)  # the fit is logged
+        return child, result, truth
+
+    def cross_validate(
+        self, splits: list[tuple[np.ndarray, np.ndarray]], done: dict[str, str]
+    ) -> _Folds:
+        """Every outer fold: read back when an interrupted run finished it, fitted otherwise."""
+        inputs, task = self.inputs, self.inputs.task
+        n = len(inputs.table)
+        folds = _Folds(np.full((n, task.n_classes), np.nan), np.full(n, -1))
+        for f, (train, test) in enumerate(splits):
+            folds.fold_of[test] = f
+            name = f"fold_{f}"
+            earlier = done.get(str(f))
+            back = _read_back(self.tracker, earlier, inputs.ids[test], task) if earlier else None
+            if back is not None and earlier is not None:
+                folds.oof[test] = back
+                metrics = self.tracker.run_metrics(earlier)
+                folds.truth.append({k: v for k, v in metrics.items() if k.startswith("truth/")})
+                folds.resumed.append(f)
+                folds.run_ids[f] = earlier
+                self.reporter.fold_finished(name, resumed=True)
+                continue
+            self.reporter.fold_started(name)
+            spec = plan_fold(name, inputs, train, test, self.config["cv"], self.seed + f)
+            tags = {"fold": str(f), "run_level": "fold", "n_folds": str(len(splits))}
+            child, result, truth = self._fit(name, tags, spec)
+            folds.oof[test] = result.proba
+            folds.truth.append(truth)
+            folds.run_ids[f] = child
+            self.caught.tag(self.tracker, self.run_id)
+            self.reporter.fold_finished(name)
+        if self.model_tags:  # e.g. the MISO preset and pretrained weights, on the parent too
+            self.tracker.set_tags(self.run_id, self.model_tags)
+        return folds
+
+    def evaluate(
+        self, folds: _Folds, diag: Any, title: str
+    ) -> tuple[RegionalResult, dict[str, float]]:
+        """Pooled out-of-fold metrics by region, truth means, diagnostics and artifacts."""
+        inputs, primary = self.inputs, self.inputs.task.primary_metric
+        tested = folds.fold_of >= 0
+        regional = pooled_evaluation(inputs, folds.oof, tested, self.config["eval"], self.seed)
+        metrics = regional.flat("test")
+        truth_mean = folds.truth_mean
+        if f"truth/overall/{primary}" in truth_mean:
+            metrics[f"optimism/{primary}"] = (
+                metrics[f"test/overall/{primary}"] - truth_mean[f"truth/overall/{primary}"]
+            )
+        metrics.update(truth_mean)
+        metrics.update(diag.summary())
+        metrics["data/n_pedons"] = float(len(inputs.table))
+        metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)
+        _log_artifacts(
+            self.tracker,
+            self.run_id,
+            inputs,
+            regional,
+            folds.oof,
+            folds.fold_of,
+            diag,
+            truth_mean,
+            title,
+        )
+        return regional, metrics
+
+    def refit(self) -> str:
+        """The final model, refit on every labelled pedon, in a nested ``final`` run."""
+        self.reporter.fold_started("final")
+        everything = np.arange(len(self.inputs.table))
+        spec = plan_fold(
+            "final", self.inputs, everything, np.array([], int), self.config["cv"], self.seed
+        )
+        child, _, _ = self._fit("final", {"fold": "final", "run_level": "final"}, spec)
+        self.reporter.fold_finished("final")
+        return child
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        """Log the parent's metrics; record undefined ones and every warning as tags."""
+        self.dropped += self.tracker.log_metrics(self.run_id, metrics)
+        if self.dropped:
+            undefined = sorted(set(self.dropped))
+            self.caught.add(
+                "nan_metrics",
+                f"{len(undefined)} metrics are undefined (NaN: e.g. {undefined[0]}, a "
+                "positive-class metric where a region has no positives) and were not "
+                "logged to MLflow; metrics_by_region.csv keeps them",
+            )
+        self.caught.tag(self.tracker, self.run_id)
 
 
 def _mean_truth(per_fold: list[dict[str, float]]) -> dict[str, float]:
