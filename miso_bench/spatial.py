@@ -17,6 +17,7 @@ __all__ = [
     "MetricFrame",
     "block_ids",
     "is_metric_crs",
+    "metres_per_unit",
     "metric_coordinates",
     "metric_crs_for",
     "nearest_distance",
@@ -139,3 +140,19 @@ def metric_coordinates(crs: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarr
     """Points in a metric CRS chosen for them (see :func:`metric_crs_for`) and that frame."""
     frame = MetricFrame(crs, metric_crs_for(crs, x, y))
     return frame.to_metric(x, y), frame
+
+
+def metres_per_unit(crs: str, extent: tuple[float, float, float, float]) -> float:
+    """About how many metres one unit of ``crs`` spans inside ``extent`` (xmin, ymin, xmax,
+    ymax): 1 for a CRS in metres, ~111,000 for degrees of latitude. Measured in the metric CRS
+    chosen for the extent, along both axes through its centre, and averaged."""
+    xmin, ymin, xmax, ymax = extent
+    cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
+    half = max(xmax - xmin, ymax - ymin) / 4
+    xs = np.array([cx - half, cx + half, cx, cx])
+    ys = np.array([cy, cy, cy - half, cy + half])
+    frame = MetricFrame(crs, metric_crs_for(crs, xs, ys))
+    m = frame.to_metric(xs, ys)
+    along_x = float(np.hypot(*(m[1] - m[0])))
+    along_y = float(np.hypot(*(m[3] - m[2])))
+    return (along_x + along_y) / 2 / (2 * half)

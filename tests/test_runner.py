@@ -474,7 +474,6 @@ SIGNALS_SEEN: list = []
 
 
 class SignalSpy(MajorityModel):
-
     def fit(self, X, y, X_val=None, y_val=None):
         SIGNALS_SEEN.append(signal.getsignal(signal.SIGTERM))
         return super().fit(X, y, X_val, y_val)

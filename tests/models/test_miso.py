@@ -126,10 +126,12 @@ def test_x_axis_is_columns_not_rows():
 
 # --- location -------------------------------------------------------------------------------
 def test_location_normalisation_and_encodings():
-    norm = LocationNormalizer.from_extent((-100.0, 20.0, 300.0, 60.0))
-    xy = torch.tensor([[-100.0, 60.0], [300.0, 20.0], [100.0, 40.0]], dtype=torch.float64)
+    # A 400 x 40 extent: a 400 x 400 square around it, one scale for both axes.
+    norm = LocationNormalizer.from_extent((-100.0, 20.0, 300.0, 60.0), metres_per_unit=2.0)
+    xy = torch.tensor([[-100.0, 240.0], [300.0, -160.0], [100.0, 40.0]], dtype=torch.float64)
     torch.testing.assert_close(norm(xy), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
     assert LocationNormalizer.from_dict(norm.to_dict()) == norm
+    assert norm.half_span_m == 400.0 and norm.scale(100.0) == 0.25
     grid = Space2Vec("gridcell", n_freq=16)
     theory = Space2Vec("theory", n_freq=16)
     pts = torch.rand(5, 2) * 2 - 1
@@ -397,8 +399,19 @@ def test_nan_nodata_never_reaches_training_batches(tiny_nan_dir, tiny):
 
 def test_location_normaliser_comes_from_the_dataset_extent(context, pedons):
     model = _fit_small(context, pedons)
-    xmin, ymin, xmax, ymax = context.source.extent()
-    assert model.location_norm_ == LocationNormalizer(xmin, ymin, xmax, ymax)
+    assert model.location_norm_ == LocationNormalizer.from_extent(context.source.extent(), 1.0)
+    # The finest location wavelength is 925 m whatever the extent (as the reference's on
+    # Alaska), not a fixed share of the extent.
+    assert model.config_["min_scale"] == pytest.approx(925.0 / model.location_norm_.half_span_m)
+
+
+def test_metres_per_unit_of_a_geographic_crs():
+    from miso_bench.spatial import metres_per_unit
+
+    assert metres_per_unit("EPSG:3338", (0.0, 0.0, 1e5, 1e5)) == pytest.approx(1.0, rel=1e-3)
+    # A degree near 65 N: ~111 km of latitude, ~47 km of longitude; about their mean.
+    per_degree = metres_per_unit("EPSG:4326", (-150.0, 64.5, -149.0, 65.5))
+    assert 70_000 < per_degree < 90_000
 
 
 def test_saved_model_predicts_the_same_and_decodes_windows(context, pedons, tmp_path):

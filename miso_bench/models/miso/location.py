@@ -14,33 +14,50 @@ __all__ = ["LocationEncoder", "LocationNormalizer", "Space2Vec"]
 
 @dataclass(frozen=True)
 class LocationNormalizer:
-    """Maps coordinates of the dataset's CRS to ``[-1, 1]`` over the dataset's extent (west is
-    -1, north is -1, as the reference's normalisation of Alaska). Built from the rasters' extent
-    and stored with the trained model, so a model predicts at the same positions wherever its
-    data lies.
+    """Maps coordinates of the dataset's CRS to ``[-1, 1]`` over a square around the dataset's
+    extent (west is -1, north is -1, as the reference's normalisation of Alaska; one scale for
+    both axes, so distances keep their proportions). Built from the rasters' extent and stored
+    with the trained model, so a model predicts at the same positions wherever its data lies.
 
     Attributes:
-        xmin, ymin, xmax, ymax: the extent, in the dataset's CRS units.
+        xmin, ymin, xmax, ymax: the square, in the dataset's CRS units.
+        metres_per_unit: about how many metres a CRS unit spans there (1 in metric CRSs).
     """
 
     xmin: float
     ymin: float
     xmax: float
     ymax: float
+    metres_per_unit: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.xmax > self.xmin and self.ymax > self.ymin):
             raise ValueError(f"empty extent for the location normaliser: {self}")
 
     @classmethod
-    def from_extent(cls, extent: tuple[float, float, float, float]) -> LocationNormalizer:
-        """From ``(xmin, ymin, xmax, ymax)``."""
-        return cls(*(float(v) for v in extent))
+    def from_extent(
+        cls, extent: tuple[float, float, float, float], metres_per_unit: float = 1.0
+    ) -> LocationNormalizer:
+        """The square around ``(xmin, ymin, xmax, ymax)`` (centred, side the longer span)."""
+        xmin, ymin, xmax, ymax = (float(v) for v in extent)
+        half = max(xmax - xmin, ymax - ymin) / 2
+        cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
+        return cls(cx - half, cy - half, cx + half, cy + half, float(metres_per_unit))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, float]) -> LocationNormalizer:
         """From :meth:`to_dict`'s output."""
-        return cls(**{k: float(data[k]) for k in ("xmin", "ymin", "xmax", "ymax")})
+        keys = ("xmin", "ymin", "xmax", "ymax", "metres_per_unit")
+        return cls(**{k: float(data[k]) for k in keys if k in data})
+
+    @property
+    def half_span_m(self) -> float:
+        """Half the square's side, in metres: one normalised unit."""
+        return (self.xmax - self.xmin) / 2 * self.metres_per_unit
+
+    def scale(self, metres: float) -> float:
+        """A length in metres in normalised units."""
+        return metres / self.half_span_m
 
     def to_dict(self) -> dict[str, float]:
         """Plain data (saved with the model)."""
