@@ -306,10 +306,14 @@ def _log_fold(
             pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
             tracker.log_artifact(fold_id, Path(tmp) / "predictions.parquet")
         if config["tracking"]["log_models"]:
-            folder = save_fitted(
-                result.model, Path(tmp) / "model", model_record(inputs, config, result.spec.name)
-            )
-            tracker.log_folder(fold_id, folder, "model")
+            record = model_record(inputs, config, result.spec.name)
+            in_place = tracker.local_artifact_dir(fold_id, "model")
+            if in_place is not None:  # a local store: write the model there, no copy
+                save_fitted(result.model, in_place, record)
+            else:
+                tracker.log_folder(
+                    fold_id, save_fitted(result.model, Path(tmp) / "model", record), "model"
+                )
     return dropped
 
 

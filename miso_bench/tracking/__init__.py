@@ -246,6 +246,19 @@ class Tracker:
         """Upload a folder's files under ``folder``."""
         self.client.log_artifacts(run_id, str(path), artifact_path=folder)
 
+    def local_artifact_dir(self, run_id: str, folder: str) -> Path | None:
+        """Where a run's artifacts under ``folder`` live, when the artifact store is a local
+        folder (large files are then written in place instead of copied); None otherwise."""
+        from urllib.parse import unquote, urlparse
+
+        uri = self.client.get_run(run_id).info.artifact_uri or ""
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("file", ""):
+            return None
+        target = Path(unquote(parsed.path)) / folder
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
     def log_yaml(self, run_id: str, data: Mapping[str, Any], name: str) -> None:
         """Upload a mapping as YAML."""
         with tempfile.TemporaryDirectory() as tmp:
