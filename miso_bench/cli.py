@@ -173,17 +173,8 @@ def _run_progress(desc: str) -> Any:
     return Bar()
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .config import resolve_config
-    from .runner import format_result, run_benchmark
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MisoBenchError(
-            "miso-bench run starts its own worker processes: run it without torchrun and "
-            "set the device count instead, e.g. --set model.params.devices=4"
-        )
+def _flags(args: argparse.Namespace) -> dict:
+    """The run config's command-line layer (``--model``, ``--cv``, ``--task``...)."""
     flags: dict = {}
     if args.model:
         flags.setdefault("model", {})["name"] = args.model
@@ -199,6 +190,56 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flags.setdefault("data", {})["path"] = args.data
     if args.tracking_uri:
         flags.setdefault("tracking", {})["uri"] = args.tracking_uri
+    return flags
+
+
+def _tuned_params(spec: str, storage: str | None) -> dict:
+    """``--params best:STUDY`` (a finished sweep's best parameters) or ``--params FILE``
+    (YAML: dotted paths or nested keys), as a nested config layer."""
+    import yaml
+
+    from .search.space import nested
+
+    if spec.startswith("best:"):
+        from .search import best_params
+
+        return nested(best_params(spec.removeprefix("best:"), storage))
+    path = Path(spec)
+    if not path.is_file():
+        raise MisoBenchError(
+            f"--params {spec}: no such file (fix: best:STUDY for a sweep's best parameters, "
+            "or a YAML file of parameters)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MisoBenchError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise MisoBenchError(f"{path}: expected `key: value` lines of parameters")
+    flat = {k: v for k, v in data.items() if "." in str(k)}
+    rest = {k: v for k, v in data.items() if "." not in str(k)}
+    from .models import deep_merge
+
+    return deep_merge(rest, nested(flat))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import resolve_config
+    from .runner import format_result, run_benchmark
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MisoBenchError(
+            "miso-bench run starts its own worker processes: run it without torchrun and "
+            "set the device count instead, e.g. --set model.params.devices=4"
+        )
+    flags = _flags(args)
+    if args.params:
+        from .models import deep_merge
+
+        # Tuned parameters sit under the command line's own flags and --set.
+        flags = deep_merge(_tuned_params(args.params, args.storage), flags)
     config = resolve_config(args.config, flags, args.set or [])
     _validate_names(config)
     bar = _run_progress(f"{config['model']['name']} / {config['cv']['name']} / {config['task']}")
@@ -253,6 +294,108 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from .tracking import serve_ui
 
     return serve_ui(port=args.port, host=args.host, uri=args.tracking_uri)
+
+
+def _common_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (miso-bench list models) [default: rf]")
+    parser.add_argument("--cv", help="cross-validation scheme [default: spatial]")
+    parser.add_argument("--task", help="task (miso-bench list tasks) [default: tax_order]")
+    parser.add_argument("--data", help="dataset folder [default: the embedded synthetic Alaska]")
+    parser.add_argument("--config", help="experiment YAML file (see configs/)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value"
+    )
+    parser.add_argument("--seed", type=_non_negative, help="run seed [default: 0]")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI [default: local SQLite]")
+    parser.set_defaults(refit=None)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import resolve_config
+    from .models import MODELS
+    from .search import (
+        SweepSettings,
+        join_sweep,
+        load_search_space,
+        run_sweep,
+        space_file,
+    )
+
+    config = resolve_config(args.config, _flags(args), args.set or [])
+    _validate_names(config)
+    entry = MODELS.get(config["model"]["name"])
+    path = Path(args.space) if args.space else space_file(entry.family)
+    if args.space and not path.is_file():
+        raise MisoBenchError(f"--space {path}: no such file (fix: give a search-space YAML)")
+    if not path.is_file():
+        raise MisoBenchError(
+            f"no search space for model {entry.name!r} (family {entry.family!r}) at {path} "
+            "(fix: write one, see configs/search/, or pass --space FILE)"
+        )
+    valid = set(entry.cls().get_params()) - {"n_classes", "random_state"}
+    space = load_search_space(path, valid)
+    settings = SweepSettings(
+        space=space,
+        n_trials=args.trials,
+        timeout_s=args.timeout,
+        storage=args.storage,
+        study=args.study,
+        workers=max(1, args.workers),
+        pruner=args.pruner,
+        inner_splits=args.inner_splits,
+    )
+    if args.join:
+        n = join_sweep(config, settings)
+        print(f"joined: worked on {n} studies until each held {args.trials} finished trials")
+        return 0
+    bar = tqdm(desc=f"sweep {config['model']['name']}", unit="trial", total=None)
+
+    def on_trial(study: str, counts: dict[str, int]) -> None:
+        bar.set_postfix_str(
+            f"{study.rsplit('/', 1)[1]}: {counts['complete']} done, {counts['pruned']} pruned"
+        )
+        bar.update(1)
+
+    try:
+        result = run_sweep(config, settings, progress=bar.set_postfix_str, on_trial=on_trial)
+    finally:
+        bar.close()
+    print(_format_sweep(result, config))
+    return 0
+
+
+def _format_sweep(result: Any, config: dict) -> str:
+    primary = "f1_pos" if "test/overall/f1_pos" in result.metrics else "macro_f1"
+    m = result.metrics
+    lines = [
+        f"sweep {result.study}: {config['model']['name']} | cv={config['cv']['name']} | "
+        f"task={config['task']} | {result.seconds:.0f} s",
+        "",
+        f"tuned pipeline, nested {config['cv']['name']} CV (outer test folds):",
+        f"  {primary:<28}{m[f'test/overall/{primary}']:8.3f}  "
+        f"[{m.get(f'test/overall/{primary}_ci_low', float('nan')):.3f}, "
+        f"{m.get(f'test/overall/{primary}_ci_high', float('nan')):.3f}]"
+        + (
+            f"   truth {m[f'truth/overall/{primary}']:.3f}"
+            if f"truth/overall/{primary}" in m
+            else ""
+        ),
+        "",
+        "trials per study (complete / pruned / failed):",
+    ]
+    for study, c in result.counts.items():
+        lines.append(f"  {study:<40} {c['complete']:>4} / {c['pruned']:>4} / {c['failed']:>4}")
+    lines += ["", f"best parameters (final study, inner {primary} {result.best_value:.3f}):"]
+    lines += [f"  {k}: {v}" for k, v in sorted(result.best_params.items())]
+    lines += [
+        "",
+        f"MLflow: experiment '{result.experiment}', run {result.run_id} ({result.tracking_uri})",
+        f"run it: miso-bench run --model {config['model']['name']} --cv {config['cv']['name']} "
+        f"--task {config['task']} --params best:{result.study}",
+    ]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,7 +508,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under $MISO_BENCH_HOME]",
     )
+    run.add_argument(
+        "--params",
+        metavar="best:STUDY|FILE",
+        help="tuned parameters: a finished sweep's best (best:STUDY) or a YAML file",
+    )
+    run.add_argument("--storage", help="Optuna storage of --params best:STUDY [default: local]")
     run.set_defaults(func=_cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="tune a model with Optuna, scored by nested spatial cross-validation",
+        description="Tune a model's hyperparameters. Each outer fold (the folds of `run`) gets "
+        "its own Optuna study on inner folds built inside its training fold; the tuned model "
+        "is refit there and predicts the outer test fold, giving an honest estimate of the "
+        "tuned pipeline. A last study on every pedon gives the parameters to use "
+        "(`run --params best:STUDY`). Rerunning the same command continues the same studies.",
+        epilog="examples:\n"
+        "  miso-bench sweep --model xgboost --cv spatial --task tax_order --trials 30\n"
+        "  miso-bench sweep --model miso --task pf1m --trials 20 --timeout 3600 "
+        "--pruner hyperband\n"
+        "  miso-bench sweep --model rf --task tax_order --trials 30 --workers 2\n"
+        "  miso-bench sweep ... --storage postgresql://user@db/optuna --join   "
+        "(another machine)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_run_args(sweep)
+    sweep.add_argument("--trials", type=int, default=30, help="finished trials per study")
+    sweep.add_argument("--timeout", type=float, help="wall-clock budget of the sweep, seconds")
+    sweep.add_argument("--storage", help="Optuna storage URL [default: sqlite under home]")
+    sweep.add_argument("--study", help="study name [default: MODEL-CV-TASK-seedN]")
+    sweep.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    sweep.add_argument("--join", action="store_true", help="add trials to a running sweep")
+    sweep.add_argument(
+        "--pruner", default="median", choices=("median", "hyperband", "none"), help="[median]"
+    )
+    sweep.add_argument("--inner-splits", type=int, default=3, help="inner folds [3]")
+    sweep.add_argument("--space", help="search space YAML [default: configs/search/FAMILY.yaml]")
+    sweep.set_defaults(func=_cmd_sweep)
 
     lister = sub.add_parser(
         "list",

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import default_dataset_dir
 from .cv import inner_validation_split
 from .data.cache import cached_feature_table, dataset_fingerprint
 from .data.features import feature_groups, resolve_feature_columns
-from .data.manifest import DatasetManifest
+from .data.manifest import DatasetManifest, load_manifest
 from .data.pedons import PedonDataset, read_truth
 from .data.regions import load_regions
 from .errors import MisoBenchError
@@ -56,6 +57,7 @@ __all__ = [
     "model_record",
     "plan_fold",
     "pooled_evaluation",
+    "prepare_dataset",
     "truth_metrics",
 ]
 
@@ -251,6 +253,22 @@ def build_inputs(
         model=str(config["model"]["name"]),
         cache_mb=float(config["data"]["cache_mb"]),
     )
+
+
+def prepare_dataset(
+    config: dict[str, Any], announce: Callable[[str], None] = print
+) -> DatasetManifest:
+    """The run's dataset: ``data.path``, or the synthetic default (generated when absent)."""
+    data = config["data"]
+    if data.get("path"):
+        return load_manifest(data["path"])
+    target = default_dataset_dir(data["preset"], int(data["seed"]))
+    if not (target / "dataset.yaml").is_file():
+        from .data.synthetic import generate_synthetic_alaska
+
+        announce(f"Generating the synthetic Alaska ({data['preset']}) in {target} ...")
+        generate_synthetic_alaska(target, preset=data["preset"], seed=int(data["seed"]))
+    return load_manifest(target)
 
 
 # --- one fold -----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import signal
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,10 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import config_hash, default_dataset_dir, home_dir
+from .config import config_hash, home_dir
 from .cv import SplitContext, build_splits, fold_diagnostics
 from .data.domain import sample_prediction_domain
-from .data.manifest import DatasetManifest, load_manifest
 from .engine import (
     FoldResult,
     HygieneError,
@@ -48,16 +46,16 @@ from .engine import (
     model_record,
     plan_fold,
     pooled_evaluation,
+    prepare_dataset,
     truth_metrics,
 )
-from .errors import MisoBenchWarning
 from .evaluation import plots
 from .evaluation.regional import RegionalResult, confusion_of
 from .evaluation.tasks import Task
 from .models import save_fitted
 from .provenance import code_version, git_commit, process_identity
 from .registry import slugify
-from .tracking import Heartbeat, RunInProgressError, Tracker
+from .tracking import Heartbeat, RunInProgressError, Tracker, WarningLog
 from .version import __version__
 
 __all__ = [
@@ -146,22 +144,6 @@ class RunResult:
     dataset_crs: str = ""
 
 
-def prepare_dataset(
-    config: dict[str, Any], announce: Callable[[str], None] = print
-) -> DatasetManifest:
-    """The run's dataset: ``data.path``, or the synthetic default (generated when absent)."""
-    data = config["data"]
-    if data.get("path"):
-        return load_manifest(data["path"])
-    target = default_dataset_dir(data["preset"], int(data["seed"]))
-    if not (target / "dataset.yaml").is_file():
-        from .data.synthetic import generate_synthetic_alaska
-
-        announce(f"Generating the synthetic Alaska ({data['preset']}) in {target} ...")
-        generate_synthetic_alaska(target, preset=data["preset"], seed=int(data["seed"]))
-    return load_manifest(target)
-
-
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, batch schedulers) interrupts a run like Ctrl-C, also when the suite
@@ -203,59 +185,6 @@ def _run_lock(config_hash: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class _Warnings:
-    """Collects :class:`MisoBenchWarning` s, tells each once and tags them on the run."""
-
-    def __init__(self, progress: RunProgress) -> None:
-        self.progress = progress
-        self.seen: dict[str, str] = {}
-        self.repeats: dict[str, int] = {}
-        self._records: list[warnings.WarningMessage] = []
-        self._ctx = warnings.catch_warnings(record=True)
-
-    def __enter__(self) -> _Warnings:
-        records = self._ctx.__enter__()
-        assert records is not None  # record=True always returns the log list
-        self._records = records
-        warnings.simplefilter("always", MisoBenchWarning)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.collect()
-        self._ctx.__exit__(*exc)  # type: ignore[arg-type]
-
-    def add(self, key: str, message: str) -> None:
-        """Record a warning; the first of each key is told, repeats are counted."""
-        if key in self.seen:
-            self.repeats[key] = self.repeats.get(key, 1) + 1
-            return
-        self.seen[key] = message
-        self.progress.warn(message)
-
-    def collect(self) -> None:
-        """Move newly caught warnings into :attr:`seen` (other warnings are re-emitted)."""
-        records, self._records[:] = list(self._records), []
-        for record in records:
-            if isinstance(record.message, MisoBenchWarning):
-                self.add(record.message.key, record.message.message)
-            else:
-                warnings.showwarning(
-                    record.message, record.category, record.filename, record.lineno
-                )
-
-    def tag(self, tracker: Tracker, run_id: str) -> None:
-        self.collect()
-        if self.seen:
-            tracker.set_tags(run_id, {f"warning.{k}": v for k, v in self.messages().items()})
-
-    def messages(self) -> dict[str, str]:
-        """Each key's first message, with how often it came up when more than once."""
-        return {
-            k: v + (f" [{self.repeats[k]} times in this run]" if k in self.repeats else "")
-            for k, v in self.seen.items()
-        }
 
 
 def _splits(
@@ -342,7 +271,7 @@ def _run(
 ) -> RunResult:
     start = time.perf_counter()
     seed = int(config["seed"])
-    with _Warnings(reporter) as caught:
+    with WarningLog(reporter.warn) as caught:
         reporter.step("preparing the dataset")
         inputs = build_inputs(config, prepare_dataset(config, announce), reporter.step)
         reporter.step(f"building {config['cv']['name']} folds")
@@ -466,7 +395,7 @@ class _Step:
     tracker: Tracker
     run_id: str
     reporter: RunProgress
-    caught: _Warnings
+    caught: WarningLog
     chash: str
     model_tags: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)

@@ -274,16 +274,25 @@ def _slow_script(tmp_path: Path, body: str) -> Path:
 
 
 def _wait_for_finished_fold(home: Path, timeout_s: float = 120) -> None:
-    client = MlflowClient(f"sqlite:///{home}/t.db")
+    """Poll the store read-only (an MLflow client would create the database while the run's
+    process creates it too)."""
+    import sqlite3
+
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
-        if exp is not None:
-            done = client.search_runs(
-                [exp.experiment_id], "tags.run_level = 'fold' and attributes.status = 'FINISHED'"
-            )
-            if done:
+        try:
+            con = sqlite3.connect(f"file:{home}/t.db?mode=ro", uri=True, timeout=1)
+            try:
+                (n,) = con.execute(
+                    "SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                    "WHERE t.key = 'run_level' AND t.value = 'fold' AND r.status = 'FINISHED'"
+                ).fetchone()
+            finally:
+                con.close()
+            if n:
                 return
+        except sqlite3.Error:
+            pass
         time.sleep(0.5)
     raise AssertionError("no fold finished in time")
 

@@ -26,7 +26,9 @@ and y grows south, so the centre of pixel ``(row, col)`` is at
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -103,21 +105,32 @@ class ChipSource:
         self.max_blocks = max(4, int(self.cache_mb * 2**20 // block_bytes))
         self._files = [self._index(part) for part in self.parts]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._handles: OrderedDict[str, Any] = OrderedDict()
+        self._set_handles(OrderedDict())
         self.hits = self.misses = 0
+
+    def _set_handles(self, handles: OrderedDict[str, Any]) -> None:
+        # Open files are closed when the source goes, or at exit before the interpreter
+        # tears down the modules that rasterio needs to close them.
+        self._handles = handles
+        self._finalizer = weakref.finalize(self, _close_all, handles)
 
     # --- pickling (DataLoader workers, spawned processes): no handles, an empty cache -------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_cache"] = OrderedDict()
-        state["_handles"] = OrderedDict()
+        state.pop("_handles", None)
+        state.pop("_finalizer", None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._set_handles(OrderedDict())
 
     def resized(self, cache_mb: float) -> ChipSource:
         """A copy of this source (same files and grid) with its own, empty cache of
         ``cache_mb`` (data-parallel workers share the memory budget)."""
         copy = object.__new__(ChipSource)
-        copy.__dict__.update(self.__getstate__())
+        copy.__setstate__(self.__getstate__())
         copy.cache_mb = float(cache_mb)
         block_bytes = self.n_bands * self.block_px**2 * 4
         copy.max_blocks = max(4, int(copy.cache_mb * 2**20 // block_bytes))
@@ -315,6 +328,13 @@ class ChipSource:
     def cached_mb(self) -> float:
         """Memory held by the block cache."""
         return sum(b.nbytes for b in self._cache.values()) / 2**20
+
+
+def _close_all(handles: OrderedDict[str, Any]) -> None:
+    for handle in handles.values():
+        with contextlib.suppress(Exception):  # closing at exit must never raise
+            handle.close()
+    handles.clear()
 
 
 class PedonSampler(SpatialSampler):

@@ -1,4 +1,12 @@
-"""The model registry: tree models, honest baselines, and MISO with its ablations."""
+"""The model registry: tree models, honest baselines, and MISO with its ablations.
+
+Models of your own: register them (``register_model``) in a module of yours and list it in
+``$MISO_BENCH_PLUGINS`` (comma-separated module names); every miso-bench process imports
+them, worker processes of sweeps and data-parallel fits included.
+"""
+
+import importlib as _importlib
+import os as _os
 
 from . import miso as _miso  # noqa: F401  (registers MISO and its ablations)
 from . import trees as _trees  # noqa: F401  (registers the tree models)
@@ -27,3 +35,21 @@ __all__ = [
     "register_model",
     "save_fitted",
 ]
+
+
+def _load_plugins() -> None:
+    from ..errors import MisoBenchError
+
+    for name in filter(
+        None, (m.strip() for m in _os.environ.get("MISO_BENCH_PLUGINS", "").split(","))
+    ):
+        try:
+            _importlib.import_module(name)
+        except ImportError as exc:
+            raise MisoBenchError(
+                f"$MISO_BENCH_PLUGINS: cannot import {name!r} ({exc}) (fix: put the module "
+                "on PYTHONPATH or remove it from the list)"
+            ) from exc
+
+
+_load_plugins()

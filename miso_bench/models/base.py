@@ -228,6 +228,9 @@ class ModelEntry:
         features: default feature groups (tabular models).
         description: one line for ``miso-bench list models``.
         kind: ``tabular`` (pedon feature table) or ``chips`` (image chips around pedons).
+        family: the entries sharing one implementation and one search space
+            (``configs/search/<family>.yaml``): ``rf`` for rf and coords_only, ``miso`` for
+            MISO and its ablations.
     """
 
     name: str
@@ -236,6 +239,7 @@ class ModelEntry:
     features: tuple[str, ...] = ()
     description: str = ""
     kind: str = "tabular"
+    family: str = ""
 
 
 #: Registered models.
@@ -251,6 +255,7 @@ def register_model(
     features: tuple[str, ...] = (),
     description: str = "",
     kind: str = "tabular",
+    family: str | None = None,
 ) -> ModelEntry:
     """Register a model variant: an implementation class plus the arguments it overrides.
 
@@ -261,7 +266,9 @@ def register_model(
         raise ValueError(f"model kind must be one of {sorted(_KIND_BASE)}, got {kind!r}")
     if not issubclass(cls, _KIND_BASE[kind]):
         raise ValueError(f"{cls.__name__} is not a {_KIND_BASE[kind].__name__} ({kind} model)")
-    entry = ModelEntry(name, cls, dict(defaults or {}), tuple(features), description, kind)
+    entry = ModelEntry(
+        name, cls, dict(defaults or {}), tuple(features), description, kind, family or name
+    )
     MODELS.register(name)(entry)
     return entry
 

@@ -202,6 +202,7 @@ register_model(
 register_model(
     "coords_only",
     ForestModel,
+    family="rf",
     features=("coords",),
     description="spatial-proxy null: the reference RF on the pedons' x/y alone",
 )

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,14 @@ import numpy as np
 import yaml
 
 from ..config import home_dir
-from ..errors import MisoBenchError
+from ..errors import MisoBenchError, MisoBenchWarning
 from ..provenance import process_alive, process_identity
 
 __all__ = [
     "Heartbeat",
     "RunInProgressError",
     "Tracker",
+    "WarningLog",
     "default_tracking_uri",
     "download_run_artifact",
     "find_model_run",
@@ -337,6 +339,64 @@ def find_model_run(run_id: str, fold: str, uri: str | None = None) -> str:
 def download_run_artifact(run_id: str, path: str, dst: str | Path, uri: str | None = None) -> Path:
     """Download a run's artifact (file or folder) into ``dst``."""
     return Path(_client(uri).download_artifacts(run_id, path, str(dst)))
+
+
+class WarningLog:
+    """Collects the :class:`~miso_bench.errors.MisoBenchWarning` s raised while it is entered,
+    tells each once (``tell``) and records them as ``warning.<key>`` tags on a run.
+
+    Args:
+        tell: called with the message of each new warning.
+    """
+
+    def __init__(self, tell: Callable[[str], None]) -> None:
+        self.tell = tell
+        self.seen: dict[str, str] = {}
+        self.repeats: dict[str, int] = {}
+        self._records: list[warnings.WarningMessage] = []
+        self._ctx = warnings.catch_warnings(record=True)
+
+    def __enter__(self) -> WarningLog:
+        records = self._ctx.__enter__()
+        assert records is not None  # record=True always returns the log list
+        self._records = records
+        warnings.simplefilter("always", MisoBenchWarning)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.collect()
+        self._ctx.__exit__(*exc)  # type: ignore[arg-type]
+
+    def add(self, key: str, message: str) -> None:
+        """Record a warning; the first of each key is told, repeats are counted."""
+        if key in self.seen:
+            self.repeats[key] = self.repeats.get(key, 1) + 1
+            return
+        self.seen[key] = message
+        self.tell(message)
+
+    def collect(self) -> None:
+        """Move newly caught warnings into :attr:`seen` (other warnings are re-emitted)."""
+        records, self._records[:] = list(self._records), []
+        for record in records:
+            if isinstance(record.message, MisoBenchWarning):
+                self.add(record.message.key, record.message.message)
+            else:
+                warnings.showwarning(
+                    record.message, record.category, record.filename, record.lineno
+                )
+
+    def tag(self, tracker: Tracker, run_id: str) -> None:
+        self.collect()
+        if self.seen:
+            tracker.set_tags(run_id, {f"warning.{k}": v for k, v in self.messages().items()})
+
+    def messages(self) -> dict[str, str]:
+        """Each key's first message, with how often it came up when more than once."""
+        return {
+            k: v + (f" [{self.repeats[k]} times in this run]" if k in self.repeats else "")
+            for k, v in self.seen.items()
+        }
 
 
 class Heartbeat:

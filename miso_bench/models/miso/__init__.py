@@ -14,6 +14,7 @@ register_model(
     {},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO: Swin-V2 Sentinel-2 encoder + covariate encoder, implicit "
     "query decoder, location encoder (dual fusion), InfoNCE alignment",
 )
@@ -23,6 +24,7 @@ register_model(
     {"decoder": "visual_only", "aux": {"geo": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO without the location branch",
 )
 register_model(
@@ -31,6 +33,7 @@ register_model(
     {"aux": {"sat_cov_nce": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO without the InfoNCE terms",
 )
 register_model(
@@ -39,6 +42,7 @@ register_model(
     {"use_cov": False, "aux": {"sat_cov_nce": 0.0}},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO on Sentinel-2 alone (no terrain/climate)",
 )
 register_model(
@@ -47,6 +51,7 @@ register_model(
     {"decoder": "naive"},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO with additive location fusion",
 )
 register_model(
@@ -55,6 +60,7 @@ register_model(
     {"decoder": "attn"},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO with location-attended queries",
 )
 register_model(
@@ -63,6 +69,7 @@ register_model(
     {"query": "center"},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO without the implicit decoder (chip-centre features only)",
 )
 register_model(
@@ -71,6 +78,7 @@ register_model(
     {"pretrained": "none"},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO from random initialisation (no Satlas weights)",
 )
 register_model(
@@ -79,6 +87,7 @@ register_model(
     {"unlabeled_ratio": 0.0},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="MISO without unlabelled chips",
 )
 register_model(
@@ -87,5 +96,6 @@ register_model(
     {"decoder": "geo_only", "aux": {"geo": 0.0, "sat_cov_nce": 0.0, "visual_geo_nce": 0.0}},
     _FEATURES,
     kind="chips",
+    family="miso",
     description="location encoder alone (no imagery)",
 )

@@ -119,6 +119,8 @@ class MisoModel(ChipModel):
         jitter_frac: chip jitter as a share of the chip size (training only).
         epochs, batch_size, lr, patience, chip_size_px: override the preset.
         backbone_lr_mult: learning-rate multiplier of the image encoders.
+        weight_decay: AdamW weight decay (not on norms and biases).
+        warmup_frac: share of the steps spent warming up the learning rate.
         class_weighting: ``none`` or ``sqrt_inverse`` class weights.
         drop_path: stochastic depth of the Swin encoders; dropout: of the location MLP.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -150,6 +152,8 @@ class MisoModel(ChipModel):
         patience: int | None = None,
         chip_size_px: int | None = None,
         backbone_lr_mult: float = 1.0,
+        weight_decay: float = 0.01,
+        warmup_frac: float = 0.05,
         class_weighting: str = "sqrt_inverse",
         drop_path: float = 0.1,
         dropout: float = 0.1,
@@ -178,6 +182,8 @@ class MisoModel(ChipModel):
         self.patience = patience
         self.chip_size_px = chip_size_px
         self.backbone_lr_mult = backbone_lr_mult
+        self.weight_decay = weight_decay
+        self.warmup_frac = warmup_frac
         self.class_weighting = class_weighting
         self.drop_path = drop_path
         self.dropout = dropout
@@ -591,6 +597,8 @@ class MisoModel(ChipModel):
             epochs=int(s["epochs"]),
             lr=float(s["lr"]),
             backbone_lr_mult=self.backbone_lr_mult,
+            weight_decay=float(self.weight_decay),
+            warmup_frac=float(self.warmup_frac),
             patience=int(s["patience"]),
             device=device.type,
         )

@@ -1,0 +1,275 @@
+"""Sweeps: nested CV never shows an outer test pedon to a trial, pruning happens, a SIGKILLed
+sweep continues to exactly the requested trials, two workers share one study, tuned
+parameters run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import miso_bench.search.sweep as sweep_module
+from miso_bench.config import resolve_config
+from miso_bench.engine import build_inputs, prepare_dataset
+from miso_bench.models import MODELS
+from miso_bench.search import (
+    SweepSettings,
+    best_params,
+    load_search_space,
+    outer_folds,
+    run_sweep,
+    study_name,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL_RF = (
+    "model.params.n_estimators: {low: 5, high: 20}\n"
+    "model.params.max_depth: [1, 2, 8, null]\n"
+    "model.params.min_samples_leaf: {low: 1, high: 30}\n"
+)
+
+
+def space(tmp_path, text=SMALL_RF, model="rf"):
+    f = tmp_path / "space.yaml"
+    f.write_text(text)
+    return load_search_space(f, set(MODELS.get(model).cls().get_params()))
+
+
+def config(tiny_dir, home, model="rf", *sets):
+    return resolve_config(
+        None,
+        None,
+        [
+            f"data.path={tiny_dir}",
+            f"model.name={model}",
+            "task=tax_order",
+            "eval.n_boot=20",
+            f"tracking.uri=sqlite:///{home}/t.db",
+            *(["model.params.n_jobs=1"] if model != "miso" else []),
+            *sets,
+        ],
+    )
+
+
+def count_complete(db: Path, name: str) -> int:
+    """Completed trials of a study, read without creating anything (a read-only SQLite
+    connection: opening Optuna's storage while another process creates it would race)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            (n,) = con.execute(
+                "SELECT COUNT(*) FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                "WHERE s.study_name = ? AND t.state = 'COMPLETE'",
+                (name,),
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+    return int(n)
+
+
+def finished(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t for t in study.get_trials() if t.state in states]
+
+
+def test_nested_cv_never_shows_an_outer_test_pedon_to_a_trial(
+    tiny_dir, home, tmp_path, monkeypatch
+):
+    cfg = config(tiny_dir, home)
+    seen: list[tuple[str, set]] = []
+    real = sweep_module.fit_predict_fold
+
+    def spy(inputs, spec, *args, **kwargs):
+        used = set(inputs.ids[np.concatenate([spec.fit, spec.val])].tolist())
+        seen.append((spec.name, used))
+        return real(inputs, spec, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "fit_predict_fold", spy)
+    settings = SweepSettings(space=space(tmp_path), n_trials=3, inner_splits=2, pruner="none")
+    result = run_sweep(cfg, settings)
+    inputs = build_inputs(cfg, prepare_dataset(cfg, lambda m: None))
+    outers = {o.name: o for o in outer_folds(cfg, inputs, 2, study_name(cfg, settings))}
+    trial_fits = [(n, ids) for n, ids in seen if "/trial_" in n]
+    assert len(trial_fits) == 6 * 3 * 2  # six studies, three trials, two inner folds
+    for name, ids in seen:
+        study = name.split("/trial_")[0] if "/trial_" in name else name
+        outer = outers[study]
+        test_ids = set(inputs.ids[outer.test].tolist())
+        assert not ids & test_ids, name  # never an outer test pedon
+        assert ids <= set(inputs.ids[outer.train].tolist())
+    assert set(result.best_params) == {
+        "model.params.n_estimators",
+        "model.params.max_depth",
+        "model.params.min_samples_leaf",
+    }
+    # The outer estimate covers every pedon once, from the outer refits.
+    assert result.metrics["test/overall/n"] == len(inputs.table)
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    run = client.get_run(result.run_id)
+    assert run.data.tags["run_level"] == "sweep"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"best_params.yaml", "oof_predictions.parquet", "search_space.yaml"} <= artifacts
+    assert "figures" in artifacts
+    trials = client.search_runs([run.info.experiment_id], "tags.run_level = 'trial'")
+    assert len(trials) == 18 and all("inner_0/macro_f1" in t.data.metrics for t in trials)
+
+
+def test_bad_trials_are_pruned(tiny_dir, home, tmp_path):
+    cfg = config(tiny_dir, home)
+    settings = SweepSettings(
+        space=space(tmp_path), n_trials=12, inner_splits=3, pruner="median", study="pruning"
+    )
+    result = run_sweep(cfg, settings)
+    assert sum(c["pruned"] for c in result.counts.values()) > 0
+    assert all(c["complete"] + c["pruned"] == 12 for c in result.counts.values())
+
+
+def test_tuned_parameters_run(tiny_dir, home, tmp_path, capsys):
+    from miso_bench.cli import main
+
+    cfg = config(tiny_dir, home)
+    settings = SweepSettings(space=space(tmp_path), n_trials=2, inner_splits=2, study="tuned")
+    run_sweep(cfg, settings)
+    best = best_params("tuned", f"sqlite:///{home}/optuna.db")
+    args = ["run", "--model", "rf", "--data", str(tiny_dir), "--params", "best:tuned"]
+    args += ["--tracking-uri", f"sqlite:///{home}/t.db", "--no-refit"]
+    assert main(args) == 0
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
+    runs = client.search_runs([exp.experiment_id], "tags.run_level = 'parent'")
+    params = runs[0].data.params
+    for path, value in best.items():
+        assert params[path] == str(value)
+    assert main(["run", "--model", "rf", "--params", "best:nothing", "--data", str(tiny_dir)]) == 2
+    assert "no sweep 'nothing'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_continues_to_exactly_the_requested_trials(tiny_dir, home, tmp_path):
+    storage = f"sqlite:///{home}/optuna.db"
+    sp = tmp_path / "space.yaml"
+    sp.write_text("model.params.n_estimators: {low: 5, high: 40}\n")
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import sys\nimport tests.slow_model\n"
+        "from miso_bench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = [
+        "sweep",
+        "--model",
+        "slow_forest",
+        "--task",
+        "tax_order",
+        "--data",
+        str(tiny_dir),
+        "--trials",
+        "3",
+        "--inner-splits",
+        "2",
+        "--pruner",
+        "none",
+        "--space",
+        str(sp),
+        "--study",
+        "killed",
+        "--tracking-uri",
+        f"sqlite:///{home}/t.db",
+    ]
+    env = {**os.environ, "MISO_BENCH_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env["MISO_TEST_FIT_SLEEP"] = "1.0"
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not count_complete(home / "optuna.db", "killed/outer_0"):
+            time.sleep(0.5)
+        time.sleep(1.0)  # into the next trial
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    study = optuna.load_study(study_name="killed/outer_0", storage=storage)
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials())
+    import tests.slow_model  # noqa: F401  (the model, here without the sleep)
+
+    env_before = os.environ.pop("MISO_TEST_FIT_SLEEP", None)
+    try:
+        from miso_bench.cli import main
+
+        assert main(args) == 0
+    finally:
+        if env_before is not None:
+            os.environ["MISO_TEST_FIT_SLEEP"] = env_before
+    for name in [f"killed/outer_{k}" for k in range(5)] + ["killed/final"]:
+        done = finished(storage, name)
+        assert len(done) == 3, name  # exactly the requested trials
+        assert len({t.number for t in done}) == 3
+    study = optuna.load_study(study_name="killed/outer_0", storage=storage)
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    retried = [t for t in study.get_trials() if "retry_of" in t.user_attrs]
+    assert failed and retried and retried[0].params == failed[0].params
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials())
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
+    sweeps = client.search_runs([exp.experiment_id], "tags.run_level = 'sweep'")
+    assert [s.info.status for s in sweeps] == ["FINISHED"]  # the same sweep run, completed
+    stale = client.search_runs(
+        [exp.experiment_id], "tags.run_level = 'trial' and attributes.status = 'RUNNING'"
+    )
+    assert not stale
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tiny_dir, home, tmp_path, monkeypatch):
+    import tests.slow_model  # noqa: F401  (slow_forest: trials long enough to share)
+
+    monkeypatch.setenv("MISO_BENCH_PLUGINS", "tests.slow_model")  # the worker's registry too
+    monkeypatch.setenv("MISO_TEST_FIT_SLEEP", "0.3")
+    cfg = config(tiny_dir, home, "slow_forest")
+    settings = SweepSettings(
+        space=space(tmp_path), n_trials=4, inner_splits=2, workers=2, pruner="none", study="two"
+    )
+    result = run_sweep(cfg, settings)
+    storage = f"sqlite:///{home}/optuna.db"
+    for name in result.counts:
+        assert len(finished(storage, name)) == 4, name  # exact, with two workers claiming
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    trials = client.search_runs(
+        [client.get_run(result.run_id).info.experiment_id], "tags.run_level = 'trial'"
+    )
+    assert len(trials) == 24
+    assert len({t.data.tags["pid"] for t in trials}) == 2  # both processes ran trials
+
+
+@pytest.mark.slow
+def test_a_miso_sweep_prunes_by_epoch_and_finishes(tiny_dir, home, tmp_path):
+    text = "model.params.lr: {low: 0.0001, high: 0.003, log: true}\n"
+    cfg = config(
+        tiny_dir,
+        home,
+        "miso",
+        "model.params.epochs=2",
+        "model.params.batch_size=16",
+        "model.params.device=cpu",
+    )
+    settings = SweepSettings(
+        space=space(tmp_path, text, "miso"), n_trials=2, inner_splits=2, pruner="hyperband"
+    )
+    result = run_sweep(cfg, settings)
+    assert "model.params.lr" in result.best_params
+    study = optuna.load_study(
+        study_name=f"{result.study}/final", storage=f"sqlite:///{home}/optuna.db"
+    )
+    reported = [t.intermediate_values for t in study.get_trials() if t.intermediate_values]
+    assert reported and max(len(v) for v in reported) >= 2  # epochs reported to the pruner
