@@ -366,6 +366,67 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .ablation import format_suite, load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    bar = tqdm(desc=f"ablation {suite.name}", unit="run", total=None)
+
+    def progress(message: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    try:
+        result = run_suite(
+            suite,
+            tasks=tuple(args.tasks) if args.tasks else None,
+            data=args.data,
+            tracking_uri=args.tracking_uri,
+            extra_sets=tuple(args.set or ()),
+            progress=progress,
+            run_progress=_run_progress("  run") if args.verbose else None,
+        )
+    finally:
+        bar.close()
+    print(f"ablation suite {suite.name}: {len(result.runs)} runs ({result.skipped} already there)")
+    print(format_suite(result))
+    print(f"\ntables and figures: MLflow run {result.summary_run} (experiment .../ablations)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.compare import compare_runs, format_comparison
+
+    comparison = compare_runs(
+        args.runs,
+        tracking_uri=args.tracking_uri,
+        metric=args.metric,
+        n_boot=args.n_boot,
+        block_size_m=args.block_size_m,
+    )
+    if args.json:
+        print(comparison.table.to_json(orient="records", indent=1))
+    else:
+        print(format_comparison(comparison))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis import build_report
+
+    result = build_report(
+        args.out, args.experiment or None, tracking_uri=args.tracking_uri, log=not args.no_log
+    )
+    print(f"report: {result.html}  (Markdown: {result.markdown}, {len(result.figures)} figures)")
+    if result.run_id:
+        print(f"logged to MLflow: experiment 'reports', run {result.run_id}")
+    return 0
+
+
 def _format_sweep(result: Any, config: dict) -> str:
     primary = "f1_pos" if "test/overall/f1_pos" in result.metrics else "macro_f1"
     m = result.metrics
@@ -546,6 +607,53 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--inner-splits", type=int, default=3, help="inner folds [3]")
     sweep.add_argument("--space", help="search space YAML [default: configs/search/FAMILY.yaml]")
     sweep.set_defaults(func=_cmd_sweep)
+
+    ablate = sub.add_parser(
+        "ablate",
+        help="run an ablation suite and aggregate it (paired differences, by region)",
+        description="Run every variant x task x cv x seed of a suite file (runs already "
+        "finished are skipped), then aggregate: per variant the primary metric with a "
+        "blocked-bootstrap CI (mean over seeds, interquartile mean from five seeds), overall "
+        "and by region, and its paired difference from the suite's reference variant.",
+        epilog="examples:\n  miso-bench ablate benchmarks/ablations/miso.yaml --tasks pf1m\n"
+        "  miso-bench ablate benchmarks/ablations/smoke.yaml --data DIR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ablate.add_argument("suite", help="suite YAML (see benchmarks/ablations/)")
+    ablate.add_argument("--tasks", nargs="+", help="only these tasks of the suite")
+    ablate.add_argument("--data", help="dataset folder [default: the suite's, or the default]")
+    ablate.add_argument("--set", action="append", metavar="KEY=VALUE", help="for every run")
+    ablate.add_argument("--tracking-uri", help="MLflow tracking URI [default: local SQLite]")
+    ablate.add_argument("--verbose", action="store_true", help="show each run's progress")
+    ablate.set_defaults(func=_cmd_ablate)
+
+    compare = sub.add_parser(
+        "compare",
+        help="paired comparison of runs on the same pedons and folds",
+        description="Compare runs with the first (the reference) pedon by pedon: the "
+        "difference of a metric with a spatially blocked bootstrap CI, overall and by region. "
+        "Runs must share the dataset, task, pedons and folds (same cv and seed).",
+    )
+    compare.add_argument("runs", nargs="+", help="MLflow run ids; the first is the reference")
+    compare.add_argument("--metric", help="a confusion-matrix metric [default: the primary]")
+    compare.add_argument("--n-boot", type=int, default=1000, help="replicates [1000]")
+    compare.add_argument("--block-size-m", type=float, help="bootstrap blocks [the run's]")
+    compare.add_argument("--json", action="store_true", help="print JSON rows")
+    compare.add_argument("--tracking-uri", help="MLflow tracking URI [default: local SQLite]")
+    compare.set_defaults(func=_cmd_compare)
+
+    report = sub.add_parser(
+        "report",
+        help="write an HTML and Markdown report of the MLflow store",
+        description="Leaderboards with CIs, results by region (heat map), per-class recall, "
+        "CV estimate vs true map accuracy, fold diagnostics, sweeps and ablation suites: "
+        "report.html (self-contained) and report.md with its figures, also logged to MLflow.",
+    )
+    report.add_argument("--experiment", action="append", help="only these experiments")
+    report.add_argument("--out", default="miso-bench-report", help="output folder")
+    report.add_argument("--no-log", action="store_true", help="do not log it to MLflow")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI [default: local SQLite]")
+    report.set_defaults(func=_cmd_report)
 
     lister = sub.add_parser(
         "list",

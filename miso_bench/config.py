@@ -85,9 +85,10 @@ DEFAULTS: dict[str, Any] = {
         "uri": None,  # MLflow tracking URI; None = $MLFLOW_TRACKING_URI or local SQLite
         "experiment": None,  # None = "<dataset>/<task>"
         "log_models": True,  # log every fold's model (and the final one) to MLflow
+        "tags": {},  # extra tags of the run (e.g. the ablation suite and variant)
     },
 }
-_FREE_FORM = {"model.params"}
+_FREE_FORM = {"model.params", "tracking.tags"}
 
 
 class ConfigError(MisoBenchError):

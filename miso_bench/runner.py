@@ -62,6 +62,7 @@ __all__ = [
     "HygieneError",
     "RunProgress",
     "RunResult",
+    "finished_run",
     "format_result",
     "prepare_dataset",
     "run_benchmark",
@@ -285,7 +286,8 @@ def _run(
         with _claim(tracker, chash) as (parent_id, done):
             refit = bool(config["refit"])
             reporter.folds(len(splits) + int(refit), sum(k != "final" or refit for k in done))
-            name = f"{inputs.model}-{config['cv']['name']}-{inputs.task.name}-seed{seed}"
+            label = (config["tracking"].get("tags") or {}).get("variant", inputs.model)
+            name = f"{label}-{config['cv']['name']}-{inputs.task.name}-seed{seed}"
             with (
                 tracker.run(name, tags=tags, run_id=parent_id) as run_id,
                 Heartbeat(tracker, run_id),
@@ -330,6 +332,22 @@ def _run(
     )
 
 
+def finished_run(config: dict[str, Any]) -> str | None:
+    """The id of a FINISHED run of exactly this config, data and code, if there is one (an
+    ablation suite skips what it already has)."""
+    manifest = prepare_dataset(config, lambda _m: None)
+    from .data.cache import dataset_fingerprint
+    from .evaluation.tasks import resolve_task
+
+    fingerprint = dataset_fingerprint(manifest)
+    chash = config_hash({"config": config, "dataset": fingerprint, "code": code_version()})
+    task = resolve_task(
+        str(config["task"]), {n: s.classes for n, s in manifest.pedons.labels.items()}
+    )
+    experiment = config["tracking"]["experiment"] or f"{manifest.name}/{task.name}"
+    return Tracker(experiment, config["tracking"]["uri"]).find_finished(chash)
+
+
 def _identity(
     config: dict[str, Any], inputs: RunInputs, splitter: Any, n_folds: int
 ) -> tuple[str, dict[str, str]]:
@@ -352,6 +370,7 @@ def _identity(
         "run_level": "parent",
         "n_folds": str(n_folds),
         "features": ",".join(inputs.feature_columns),
+        **{str(k): str(v) for k, v in (config["tracking"].get("tags") or {}).items()},
         **process_identity(),  # at creation: another process sees this run is alive
     }
     block = getattr(splitter, "block_size_m", None)

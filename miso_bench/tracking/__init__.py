@@ -43,6 +43,7 @@ __all__ = [
     "download_run_artifact",
     "find_model_run",
     "flatten",
+    "open_client",
     "serve_ui",
 ]
 
@@ -205,6 +206,17 @@ class Tracker:
                 self.client.set_terminated(child.info.run_id, status="KILLED")
         return parent.info.run_id, done
 
+    def find_finished(self, config_hash: str) -> str | None:
+        """The latest FINISHED parent run with this config hash, if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.config_hash = '{config_hash}' and tags.run_level = 'parent' "
+            "and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return str(runs[0].info.run_id) if runs else None
+
     # --- logging ------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Log parameters (flattened, batched)."""
@@ -291,6 +303,11 @@ def _client(uri: str | None) -> Any:
 
     _quiet()
     return MlflowClient(uri or default_tracking_uri())
+
+
+def open_client(uri: str | None = None) -> Any:
+    """An :class:`mlflow.tracking.MlflowClient` on ``uri`` (default: the local store)."""
+    return _client(uri)
 
 
 def find_model_run(run_id: str, fold: str, uri: str | None = None) -> str:

@@ -15,9 +15,11 @@ def params(name: str) -> set[str]:
     return set(MODELS.get(name).cls().get_params()) - {"n_classes", "random_state"}
 
 
-@pytest.mark.parametrize("family", ["rf", "xgboost", "miso"])
-def test_shipped_spaces_parse_and_sample(family):
-    space = load_search_space(space_file(family), params(family))
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_parse_and_sample(path):
+    family = path.stem
+    assert space_file(family) == path
+    space = load_search_space(path, params(family))
     assert space.dimensions
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
     for _ in range(5):

@@ -1,0 +1,127 @@
+"""Ablation suites, paired comparisons and reports: known answers, resuming, refusals."""
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from miso_bench.ablation import load_suite, run_suite
+from miso_bench.analysis import build_report, compare_runs
+from miso_bench.errors import MisoBenchError
+from miso_bench.evaluation.paired import aggregate, paired_difference, seed_statistic
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "benchmarks" / "ablations" / "smoke.yaml"
+
+
+# --- the statistics, on hand-made cases with known answers -----------------------------------
+def test_paired_difference_of_a_perfect_and_a_constant_model():
+    y = np.tile([0, 1], 100)
+    blocks = np.repeat(np.arange(20), 10)
+    perfect, zeros = y.copy(), np.zeros_like(y)
+    d = paired_difference(y, perfect, zeros, blocks, 2, "accuracy", n_boot=500)
+    assert d.value == pytest.approx(0.5)
+    assert d.low <= 0.5 <= d.high and d.share_le0 == 0.0
+    same = paired_difference(y, zeros, zeros, blocks, 2, "accuracy", n_boot=200)
+    assert same.value == 0 and same.low == 0 and same.high == 0 and same.share_le0 == 1.0
+
+
+def test_seeds_are_aggregated_by_their_interquartile_mean_from_five():
+    y = np.zeros(10, dtype=int)
+    # Five seeds that get 0, 5, 6, 7 and 10 of ten pedons right: accuracies 0 ... 1.
+    preds = np.ones((5, 10), dtype=int)
+    for s, right in enumerate([0, 5, 6, 7, 10]):
+        preds[s, :right] = 0
+    stat = seed_statistic(y, preds, np.arange(10), 2, "accuracy", n_boot=0)
+    assert stat.value == pytest.approx(0.6) and stat.seeds == 5  # mean of 0.5, 0.6, 0.7
+    assert aggregate(np.array([0.2, 0.4])) == pytest.approx(0.3)  # two seeds: the mean
+
+
+# --- suites ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nvariant: [rf]\n", "did you mean `variants`"),
+        ("name: x\nvariants: [rff]\n", "did you mean rf"),
+        ("name: x\nreference: xgboost\nvariants: [rf, majority]\n", "not a variant"),
+        ("name: x\nvariants: [rf, rf]\n", "repeat"),
+        ("name: x\nseeds: [a]\nvariants: [rf]\n", "list of integers"),
+        ("variants: [rf]\n", "`name` missing"),
+    ],
+)
+def test_suite_mistakes_are_one_line_errors(tmp_path, text, message):
+    f = tmp_path / "suite.yaml"
+    f.write_text(text)
+    with pytest.raises(MisoBenchError, match=message):
+        load_suite(f)
+
+
+@pytest.mark.slow
+def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
+    suite = load_suite(SMOKE)
+    uri = f"sqlite:///{home}/t.db"
+    first = run_suite(suite, data=str(tiny_dir), tracking_uri=uri)
+    assert len(first.runs) == 8 and first.skipped == 0
+    again = run_suite(suite, data=str(tiny_dir), tracking_uri=uri)
+    assert again.skipped == 8 and again.runs == first.runs  # nothing redone
+    table = first.table
+    overall = table[table["layer"] == "overall"].set_index("variant")
+    assert set(overall.index) == {"rf_small", "rf_shallow", "majority", "coords_only"}
+    assert np.isnan(overall.loc["rf_small"].get("diff", np.nan))  # the reference
+    assert overall.loc["majority", "diff"] < 0 < overall.loc["rf_small", "value"]
+    assert (overall["seeds"] == 2).all()
+    assert {"pf_zone", "mlra"} <= set(table["layer"])  # by region
+    client = MlflowClient(uri)
+    artifacts = {a.path for a in client.list_artifacts(first.summary_run)}
+    assert {"ablation_table.csv", "ablation_summary.md", "figures"} <= artifacts
+    # compare: same folds work; another seed's folds are refused with one line
+    by = {(v, s): r for (_, _, s, v), r in first.runs.items()}
+    c = compare_runs([by[("rf_small", 0)], by[("majority", 0)]], tracking_uri=uri, n_boot=100)
+    assert c.table.loc[c.table["layer"] == "overall", "diff"].iloc[0] < 0
+    with pytest.raises(MisoBenchError, match="different folds"):
+        compare_runs([by[("rf_small", 0)], by[("rf_small", 1)]], tracking_uri=uri)
+    # the report: HTML that parses and holds its figures
+    report = build_report(home / "report", tracking_uri=uri)
+    parser = _Images()
+    parser.feed(report.html.read_text())
+    assert parser.images == len(report.figures) > 0
+    assert all(f.is_file() for f in report.figures)
+    assert "Ablation suite smoke" in report.markdown.read_text()
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img" and dict(attrs).get("src", "").startswith("data:image/png;base64,"):
+            self.images += 1
+
+
+def test_compare_refuses_other_tasks(tiny_dir, home):
+    from miso_bench.config import resolve_config
+    from miso_bench.runner import run_benchmark
+
+    uri = f"sqlite:///{home}/t.db"
+    runs = []
+    for task in ("pf1m", "tax_order"):
+        cfg = resolve_config(
+            None,
+            None,
+            [
+                f"data.path={tiny_dir}",
+                "model.name=majority",
+                f"task={task}",
+                "refit=false",
+                f"tracking.uri={uri}",
+                "eval.n_boot=10",
+            ],
+        )
+        runs.append(run_benchmark(cfg, announce=lambda m: None).run_id)
+    with pytest.raises(MisoBenchError, match="different tasks"):
+        compare_runs(runs, tracking_uri=uri)
+    with pytest.raises(MisoBenchError, match="at least two"):
+        compare_runs(runs[:1], tracking_uri=uri)
