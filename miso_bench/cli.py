@@ -351,15 +351,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"joined: worked on {n} studies until each held {args.trials} finished trials")
         return 0
     bar = tqdm(desc=f"sweep {config['model']['name']}", unit="trial", total=None)
+    finished: dict[str, int] = {}
+
+    def on_plan(studies: list[str]) -> None:
+        bar.total = len(studies) * args.trials  # finished (completed or pruned) trials
+        bar.refresh()
 
     def on_trial(study: str, counts: dict[str, int]) -> None:
+        finished[study] = min(counts["complete"] + counts["pruned"], args.trials)
+        bar.n = sum(finished.values())
         bar.set_postfix_str(
             f"{study.rsplit('/', 1)[1]}: {counts['complete']} done, {counts['pruned']} pruned"
+            + (f", {counts['failed']} failed" if counts.get("failed") else "")
         )
-        bar.update(1)
 
     try:
-        result = run_sweep(config, settings, progress=bar.set_postfix_str, on_trial=on_trial)
+        result = run_sweep(
+            config, settings, progress=bar.set_postfix_str, on_trial=on_trial, on_plan=on_plan
+        )
     finally:
         bar.close()
     print(_format_sweep(result, config))

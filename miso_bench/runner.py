@@ -55,7 +55,7 @@ from .evaluation.tasks import Task
 from .models import save_fitted
 from .provenance import code_version, git_commit, process_identity
 from .registry import slugify
-from .tracking import Heartbeat, RunInProgressError, Tracker, WarningLog
+from .tracking import Heartbeat, RunInProgressError, Tracker, WarningLog, headline_metrics
 from .version import __version__
 
 __all__ = [
@@ -295,6 +295,7 @@ def _run(
                 if not parent_id:  # a resumed run already holds its params and config
                     tracker.log_params(run_id, config)
                     tracker.log_yaml(run_id, config, "config.yaml")
+                    tracker.log_pedons(run_id, inputs)
                 caught.tag(tracker, run_id)
                 step = _Step(config, inputs, tracker, run_id, reporter, caught, chash)
                 folds = step.cross_validate(splits, done)
@@ -308,6 +309,7 @@ def _run(
                 if final_id:
                     tracker.set_tags(run_id, {"final_model_run": final_id})
                 metrics["time/seconds"] = time.perf_counter() - start
+                metrics.update(headline_metrics(metrics, inputs.task.primary_metric))
                 step.finish(metrics)
             shutil.rmtree(step.checkpoints, ignore_errors=True)
     return RunResult(

@@ -1,6 +1,7 @@
 """The runner: hygiene, MLflow round trip, saved models, resume after every kind of
 interruption, warnings made visible, and datasets in other CRSs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,16 @@ def test_mlflow_round_trip_with_saved_models(tiny_dir, home):
         "test/pf_zone/worst/f1_pos",
     ):
         assert key in m, key
+    # The run table's headline columns copy the primary metric, its CI, truth and worst region.
+    assert m["headline/f1_pos"] == m["test/overall/f1_pos"]
+    assert m["headline/f1_pos_ci_low"] == m["test/overall/f1_pos_ci_low"]
+    assert m["headline/truth_f1_pos"] == m["truth/overall/f1_pos"]
+    assert m["headline/worst_pf_zone_f1_pos"] == m["test/pf_zone/worst/f1_pos"]
+    # The pedons are the run's MLflow dataset input (the run table's Dataset column).
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name.endswith("/pf1m")
+    assert dataset.dataset.digest == run.data.tags["dataset_fingerprint"][:16]
+    assert json.loads(dataset.dataset.profile)["num_rows"] == m["data/n_pedons"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {
         "config.yaml",

@@ -58,7 +58,14 @@ from ..engine import truth_metrics as score_truth
 from ..errors import MisoBenchError
 from ..models import MODELS, deep_merge
 from ..provenance import code_version, process_alive, process_identity
-from ..tracking import Heartbeat, RunInProgressError, Tracker, WarningLog, flatten
+from ..tracking import (
+    Heartbeat,
+    RunInProgressError,
+    Tracker,
+    WarningLog,
+    flatten,
+    headline_metrics,
+)
 from .space import SearchSpace, nested
 
 __all__ = [
@@ -428,6 +435,8 @@ def _work_on(
     on_trial: Callable[[str, dict[str, int]], None] | None = None,
 ) -> None:
     """Run trials of ``study`` until it holds ``n_trials`` finished ones (or the deadline)."""
+    if on_trial is not None:
+        on_trial(study.study_name, _counts(study))  # a resumed study starts part done
     while True:
         with _claim_lock(settings):
             _fail_dead_trials(study, objective.tracker, objective.study_run, settings)
@@ -530,6 +539,7 @@ def run_sweep(
     settings: SweepSettings,
     progress: Callable[[str], None] | None = None,
     on_trial: Callable[[str, dict[str, int]], None] | None = None,
+    on_plan: Callable[[list[str]], None] | None = None,
 ) -> SweepResult:
     """Tune a model by nested spatial CV and log it to MLflow (see the module docstring).
 
@@ -537,7 +547,9 @@ def run_sweep(
         config: a resolved run config (model, cv, task, data...).
         settings: the sweep settings.
         progress: told about setup steps and studies.
-        on_trial: called after each trial with the study name and its trial counts.
+        on_trial: called with a study's name and trial counts when work on it starts and
+            after each of its trials.
+        on_plan: called once with the names of the studies, in the order they run.
 
     Raises:
         MisoBenchError: a bad space, storage or setting; a study without a completed trial.
@@ -545,7 +557,7 @@ def run_sweep(
     """
     say = progress or (lambda _m: None)
     with WarningLog(lambda message: say(f"warning: {message}")) as caught:
-        result = _sweep(config, settings, say, on_trial, caught)
+        result = _sweep(config, settings, say, on_trial, caught, on_plan)
     return result
 
 
@@ -555,6 +567,7 @@ def _sweep(
     say: Callable[[str], None],
     on_trial: Callable[[str, dict[str, int]], None] | None,
     caught: WarningLog,
+    on_plan: Callable[[list[str]], None] | None = None,
 ) -> SweepResult:
     start = time.perf_counter()
     if settings.n_trials < 1:
@@ -572,6 +585,8 @@ def _sweep(
     name = study_name(config, settings)
     say(f"building {config['cv']['name']} outer folds and their inner folds")
     outers = outer_folds(config, inputs, settings.inner_splits, name)
+    if on_plan is not None:
+        on_plan([outer.name for outer in outers])
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
     chash = config_hash(
         {
@@ -609,6 +624,7 @@ def _sweep(
             tracker.log_params(run_id, config)
             tracker.log_yaml(run_id, config, "config.yaml")
             tracker.log_yaml(run_id, _space_record(space), "search_space.yaml")
+            tracker.log_pedons(run_id, inputs)
         runs = _study_runs(tracker, run_id, outers)
         workers = _start_workers(config, settings, runs, deadline)
         try:
@@ -706,6 +722,7 @@ def _evaluate(
         vals = [t[key] for t in outcome.truths if key in t and np.isfinite(t[key])]
         if vals:
             metrics[key] = float(np.mean(vals))
+    metrics.update(headline_metrics(metrics, inputs.task.primary_metric))
     metrics["sweep/best_inner_value"] = outcome.best_value
     for state in ("complete", "pruned", "failed"):
         metrics[f"sweep/trials_{state}"] = float(sum(c[state] for c in outcome.counts.values()))

@@ -43,6 +43,7 @@ __all__ = [
     "download_run_artifact",
     "find_model_run",
     "flatten",
+    "headline_metrics",
     "open_client",
     "serve_ui",
 ]
@@ -53,6 +54,26 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 #: The MLflow UI opens experiments with this tag as classic model training, not GenAI traces.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def headline_metrics(metrics: Mapping[str, float], primary: str) -> dict[str, float]:
+    """A handful of ``headline/...`` copies of the metrics people compare first, so that the
+    MLflow run table shows them as columns without picking among a thousand keys: the primary
+    metric under the outer CV with its CI, its value against the truth sample, and the worst
+    region of each region layer."""
+    picks = {
+        primary: f"test/overall/{primary}",
+        f"{primary}_ci_low": f"test/overall/{primary}_ci_low",
+        f"{primary}_ci_high": f"test/overall/{primary}_ci_high",
+        f"truth_{primary}": f"truth/overall/{primary}",
+    }
+    for key in sorted(metrics):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == "test" and parts[2:] == ["worst", primary]:
+            picks[f"worst_{parts[1]}_{primary}"] = key
+    return {
+        f"headline/{name}": float(metrics[key]) for name, key in picks.items() if key in metrics
+    }
 
 
 class RunInProgressError(MisoBenchError):
@@ -243,6 +264,44 @@ class Tracker:
         for start in range(0, len(items), 900):
             self.client.log_batch(run_id, metrics=items[start : start + 900])
         return dropped
+
+    def log_dataset(
+        self,
+        run_id: str,
+        table: Any,
+        *,
+        name: str,
+        source: str,
+        digest: str,
+        targets: str | None = None,
+        context: str = "training",
+    ) -> None:
+        """Record the table a run learned from as an MLflow dataset input (the run table's
+        Dataset column; name, digest, source, schema and row count, not the rows)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # mlflow's hints on source kinds and integer columns
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                table, source=source, targets=targets, name=name, digest=digest[:16]
+            )
+        entity = DatasetInput(
+            dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]
+        )
+        self.client.log_inputs(run_id, datasets=[entity])
+
+    def log_pedons(self, run_id: str, inputs: Any) -> None:
+        """The run's pedons (id, x, y, target and region of each) as its training dataset,
+        named ``<dataset>/<task>`` with the dataset's content fingerprint as digest."""
+        self.log_dataset(
+            run_id,
+            inputs.table.assign(**{k: v for k, v in inputs.regions.items()}),
+            name=f"{inputs.manifest.name}/{inputs.task.name}",
+            source=str(inputs.manifest.path),
+            digest=inputs.fingerprint,
+            targets="target",
+        )
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags on a run (batched)."""
