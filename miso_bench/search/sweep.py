@@ -187,11 +187,13 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
     )
 
 
-def _pruner(name: str, max_resource: int) -> optuna.pruners.BasePruner:
+def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_resource, 3))
+        # Steps are inner folds for trees and epochs (over every inner fold) for MISO: the
+        # largest step is taken from the first finished trial rather than assumed.
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
     if name == "none":
         return optuna.pruners.NopPruner()
     raise MisoBenchError(f"--pruner {name!r}: use median, hyperband or none")
@@ -203,7 +205,7 @@ def _study(name: str, settings: SweepSettings, seed: int) -> optuna.Study:
         storage=_storage(settings),
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=_pruner(settings.pruner, settings.inner_splits),
+        pruner=_pruner(settings.pruner),
         load_if_exists=True,
     )
 
@@ -574,7 +576,7 @@ def _sweep(
         raise MisoBenchError(f"--trials must be at least 1, got {settings.n_trials}")
     if settings.inner_splits < 2:
         raise MisoBenchError(f"sweep.inner_splits must be at least 2, got {settings.inner_splits}")
-    _pruner(settings.pruner, settings.inner_splits)  # a bad name fails before any work
+    _pruner(settings.pruner)  # a bad name fails before any work
     _storage(settings)
     space, dropped = usable_space(settings.space, str(config["model"]["name"]))
     settings = replace(settings, space=space)

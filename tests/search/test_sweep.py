@@ -97,9 +97,19 @@ def test_nested_cv_never_shows_an_outer_test_pedon_to_a_trial(
 
     monkeypatch.setattr(sweep_module, "fit_predict_fold", spy)
     settings = SweepSettings(space=space(tmp_path), n_trials=3, inner_splits=2, pruner="none")
-    result = run_sweep(cfg, settings)
+    planned, told = [], []
+    result = run_sweep(
+        cfg,
+        settings,
+        on_plan=planned.extend,
+        on_trial=lambda study, counts: told.append((study, counts["complete"])),
+    )
     inputs = build_inputs(cfg, prepare_dataset(cfg, lambda m: None))
     outers = {o.name: o for o in outer_folds(cfg, inputs, 2, study_name(cfg, settings))}
+    # The progress bar's plan: every study in order; each told at its start and per trial.
+    assert planned == list(outers)
+    assert [t for t in told if t[1] == 3] == [(name, 3) for name in outers]
+    assert len(told) == len(outers) * 4
     trial_fits = [(n, ids) for n, ids in seen if "/trial_" in n]
     assert len(trial_fits) == 6 * 3 * 2  # six studies, three trials, two inner folds
     for name, ids in seen:
