@@ -60,7 +60,8 @@ def headline_metrics(metrics: Mapping[str, float], primary: str) -> dict[str, fl
     """A handful of ``headline/...`` copies of the metrics people compare first, so that the
     MLflow run table shows them as columns without picking among a thousand keys: the primary
     metric under the outer CV with its CI, its value against the truth sample, and the worst
-    region of each region layer."""
+    region of each region layer. Rounded to four decimals so the run table's columns read
+    at a glance (the full values stay under their own keys)."""
     picks = {
         primary: f"test/overall/{primary}",
         f"{primary}_ci_low": f"test/overall/{primary}_ci_low",
