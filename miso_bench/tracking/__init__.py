@@ -73,7 +73,9 @@ def headline_metrics(metrics: Mapping[str, float], primary: str) -> dict[str, fl
         if len(parts) == 4 and parts[0] == "test" and parts[2:] == ["worst", primary]:
             picks[f"worst_{parts[1]}_{primary}"] = key
     return {
-        f"headline/{name}": float(metrics[key]) for name, key in picks.items() if key in metrics
+        f"headline/{name}": round(float(metrics[key]), 4)
+        for name, key in picks.items()
+        if key in metrics
     }
 
 
