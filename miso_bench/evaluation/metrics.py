@@ -7,7 +7,12 @@ count as false positives of that class. Binary tasks report the positive class's
 precision and recall, and ROC-AUC / PR-AUC from probabilities (never from hard labels).
 
 Confusion-matrix metrics are computed with numpy from the matrix itself, which makes the
-blocked bootstrap (thousands of resampled matrices) cheap; they equal scikit-learn's.
+blocked bootstrap (thousands of resampled matrices) cheap; they equal scikit-learn's. A
+bootstrap fixes the class set of the macro averages to the classes of the evaluated set
+(``macro_over``): a replicate that misses one of them has undefined (NaN) macro metrics and
+is left out of the CI, as a replicate without positives is for ``f1_pos``. Averaging each
+replicate over its own classes instead drops exactly the rare, hard classes that blocks
+concentrate, and pushes the interval above the estimate.
 """
 
 from __future__ import annotations
@@ -74,8 +79,17 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
 
 
-def metrics_from_confusion(cm: np.ndarray, positive: int | None = None) -> dict[str, Any]:
+def metrics_from_confusion(
+    cm: np.ndarray, positive: int | None = None, macro_over: np.ndarray | None = None
+) -> dict[str, Any]:
     """Confusion-matrix metrics; works on one matrix ``(K, K)`` or a stack ``(B, K, K)``.
+
+    Args:
+        cm: confusion counts, rows the truth.
+        positive: the positive class of a binary task.
+        macro_over: ``(K,)`` booleans, the classes the macro averages run over (bootstrap
+            replicates: the classes of the original set); a matrix without support for one
+            of them gets NaN macro metrics. Default: the classes with support in each matrix.
 
     Returns arrays of shape ``()`` or ``(B,)`` per metric, plus per-class arrays
     (``precision_c``, ``recall_c``, ``f1_c``, ``support_c``) with a trailing class axis.
@@ -89,8 +103,17 @@ def metrics_from_confusion(cm: np.ndarray, positive: int | None = None) -> dict[
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
     present = support > 0
-    n_present = np.maximum(present.sum(axis=-1), 1)
-    macro = lambda v: (v * present).sum(axis=-1) / n_present  # noqa: E731
+    if macro_over is None:
+        members = present
+        complete = np.ones(present.shape[:-1], dtype=bool)
+    else:
+        members = np.broadcast_to(np.asarray(macro_over, dtype=bool), present.shape)
+        complete = (present | ~members).all(axis=-1)
+    n_members = np.maximum(members.sum(axis=-1), 1)
+
+    def macro(v: np.ndarray) -> np.ndarray:
+        return np.where(complete, (v * members).sum(axis=-1) / n_members, np.nan)
+
     weighted = lambda v: _safe_div((v * support).sum(axis=-1), n)  # noqa: E731
     accuracy = _safe_div(tp.sum(axis=-1), n)
     expected = _safe_div((support * predicted).sum(axis=-1), n**2)

@@ -10,6 +10,7 @@ confusion matrices, so a thousand replicates cost milliseconds.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,8 @@ def aggregate(values: np.ndarray, axis: int = 0) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.shape[axis] >= 5:
         return np.asarray(trim_mean(values, 0.25, axis=axis))
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a replicate undefined for every seed stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=axis)
 
 
@@ -61,8 +63,11 @@ def _block_confusions(
     return out, nb
 
 
-def _metric(cms: np.ndarray, metric: str, positive: int | None) -> np.ndarray:
-    return np.asarray(metrics_from_confusion(cms, positive=positive)[metric], dtype=np.float64)
+def _metric(
+    cms: np.ndarray, metric: str, positive: int | None, macro_over: np.ndarray | None = None
+) -> np.ndarray:
+    stats = metrics_from_confusion(cms, positive=positive, macro_over=macro_over)
+    return np.asarray(stats[metric], dtype=np.float64)
 
 
 def seed_statistic(
@@ -139,13 +144,14 @@ def _statistic(
     draws = rng.integers(0, nb, size=(n_boot, nb))
     counts = np.zeros((n_boot, nb))
     np.add.at(counts, (np.repeat(np.arange(n_boot), nb), draws.ravel()), 1.0)
+    classes = np.bincount(y, minlength=k) > 0  # macro averages over the evaluated classes
     replicate = []
     for block_cm, _ in per_block:
         cms = np.einsum("rb,sbk->srk", counts, block_cm).reshape(-1, n_boot, k, k)
-        replicate.append(aggregate(_metric(cms, metric, positive), axis=0))
+        replicate.append(aggregate(_metric(cms, metric, positive, classes), axis=0))
     stat = replicate[0] - replicate[1] if len(sides) == 2 else replicate[0]
     stat = stat[np.isfinite(stat)]
-    if not stat.size:
+    if stat.size < max(20, n_boot // 10):  # too few usable replicates: no CI
         return SeedStat(value, float("nan"), float("nan"), n, sides[0].shape[0])
     lo, hi = np.percentile(stat, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
     return SeedStat(value, float(lo), float(hi), n, sides[0].shape[0], float(np.mean(stat <= 0)))

@@ -50,7 +50,9 @@ def bootstrap_ci(
     counts = np.zeros((n_boot, nb))
     np.add.at(counts, (np.repeat(np.arange(n_boot), nb), draws.ravel()), 1.0)
     cms = (counts @ block_cm).reshape(n_boot, n_classes, n_classes)
-    stats = metrics_from_confusion(cms, positive=positive)
+    # Macro averages over the evaluated set's classes; replicates missing one are left out.
+    classes = block_cm.sum(axis=0).reshape(n_classes, n_classes).sum(axis=1) > 0
+    stats = metrics_from_confusion(cms, positive=positive, macro_over=classes)
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
     out = {}
     for k in keys:
@@ -58,7 +60,7 @@ def bootstrap_ci(
         values = values[np.isfinite(values)]
         out[k] = (
             (float(np.percentile(values, lo)), float(np.percentile(values, hi)))
-            if values.size
+            if values.size >= max(20, n_boot // 10)  # too few usable replicates: no CI
             else (float("nan"), float("nan"))
         )
     return out

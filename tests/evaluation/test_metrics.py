@@ -116,3 +116,39 @@ def test_positive_class_metrics_are_undefined_without_positives():
     assert m["precision_pos"] == 0.0
     m = classification_metrics(y, np.tile([0.9, 0.1], (50, 1)), BINARY)
     assert np.isnan(m["precision_pos"])
+
+
+def rare_class_case():
+    """Classes 0 and 1 always right; class 2, in 2 of 20 blocks, always called 0."""
+    blocks = np.repeat(np.arange(20), 20)
+    y = np.repeat(np.arange(20) % 2, 20)
+    y[blocks == 3] = 2
+    y[blocks == 11] = 2
+    pred = np.where(y == 2, 0, y)
+    return y, pred, blocks
+
+
+def test_bootstrap_keeps_the_macro_class_set_of_the_evaluated_pedons():
+    # A replicate without the rare blocks would average over classes 0 and 1 only (macro-F1
+    # 1.0) and push the interval far above the estimate; such replicates are left out.
+    y, pred, blocks = rare_class_case()
+    point = skm.f1_score(y, pred, average="macro")
+    assert point == pytest.approx(0.6, abs=0.07)
+    ci = bootstrap_ci(y, pred, blocks, 3, None, n_boot=2000, rng=np.random.default_rng(0))
+    low, high = ci["macro_f1"]
+    assert low <= point <= high
+    assert high < 0.7  # before the fix: 1.0
+    # Metrics that are not macro averages use every replicate, those without the rare
+    # blocks (all right) included.
+    assert ci["accuracy"][1] == 1.0
+
+
+def test_paired_and_seed_statistics_keep_the_class_set_too():
+    from miso_bench.evaluation.paired import paired_difference, seed_statistic
+
+    y, pred, blocks = rare_class_case()
+    stat = seed_statistic(y, pred[None], blocks, 3, "macro_f1", n_boot=2000)
+    assert stat.low <= stat.value <= stat.high < 0.7
+    better = y.copy()  # B gets the rare class right: A - B is negative in every replicate
+    diff = paired_difference(y, pred[None], better[None], blocks, 3, "macro_f1", n_boot=2000)
+    assert diff.high < 0 and diff.share_le0 == 1.0
