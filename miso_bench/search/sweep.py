@@ -222,15 +222,20 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _claim_lock(settings: SweepSettings) -> Iterator[None]:
-    """On one machine with SQLite storage: one worker at a time counts the trials and asks
-    for a new one (the number of finished trials is then exact)."""
+    """One worker at a time counts the trials and asks for a new one, so the number of
+    finished trials is exact: a lock file beside a SQLite database (one machine) or a
+    journal file (machines sharing its file system). PostgreSQL has no such lock here: each
+    concurrent worker may add one trial beyond ``n_trials`` to a study."""
     url = settings.storage or default_storage()
-    if not url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///") + ".lock")
+    elif url.startswith("journal:"):  # not ``.lock``: Optuna's own journal lock is that
+        path = Path(url.removeprefix("journal:") + ".claim")
+    else:
         yield
         return
     import fcntl
 
-    path = Path(url.removeprefix("sqlite:///") + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -502,7 +507,7 @@ def _experiment(config: dict[str, Any], inputs: RunInputs) -> str:
 
 def _seed(config: dict[str, Any], outer: _Outer, worker: int) -> int:
     """The sampler's seed: one per study and per worker (two workers never draw alike)."""
-    return int(config["seed"]) + 7919 * (outer.index + 2) + 104729 * worker
+    return (int(config["seed"]) + 7919 * (outer.index + 2) + 104729 * worker) % 2**32
 
 
 def _worker_main(

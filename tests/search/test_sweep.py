@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -77,7 +78,7 @@ def count_complete(db: Path, name: str) -> int:
     return int(n)
 
 
-def finished(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+def finished(storage: Any, name: str) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=name, storage=storage)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return [t for t in study.get_trials() if t.state in states]
@@ -269,6 +270,61 @@ def test_two_workers_share_one_study(tiny_dir, home, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_worker_joins_a_sweep_through_a_journal_file(tiny_dir, home, tmp_path):
+    """What a second machine does: ``--join`` with the same journal storage and MLflow store
+    (here another process on this machine), while the first runs the sweep."""
+    journal = tmp_path / "shared" / "optuna.log"
+    journal.parent.mkdir()
+    sp = tmp_path / "space.yaml"
+    sp.write_text("model.params.n_estimators: {low: 5, high: 40}\n")
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import sys\nimport tests.slow_model\n"
+        "from miso_bench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    common = [
+        "--model", "slow_forest", "--task", "tax_order", "--data", str(tiny_dir),
+        "--trials", "4", "--inner-splits", "2", "--pruner", "none", "--space", str(sp),
+        "--study", "shared", "--storage", f"journal:{journal}",
+        "--tracking-uri", f"sqlite:///{home}/t.db",
+    ]  # fmt: skip
+    env = {**os.environ, "MISO_BENCH_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env["MISO_TEST_FIT_SLEEP"] = "0.5"
+    first = subprocess.Popen([sys.executable, str(script), "sweep", *common], env=env)
+    try:
+        client = MlflowClient(f"sqlite:///{home}/t.db")
+        deadline = time.time() + 180
+        while time.time() < deadline:  # the joining worker needs the sweep's study runs
+            exp = client.get_experiment_by_name("synthetic-alaska-tiny/tax_order")
+            if (
+                exp
+                and len(client.search_runs([exp.experiment_id], "tags.run_level = 'study'")) == 6
+            ):
+                break
+            time.sleep(0.5)
+        joined = subprocess.run(
+            [sys.executable, str(script), "sweep", *common, "--join"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert joined.returncode == 0, joined.stderr
+        assert first.wait(timeout=300) == 0
+    finally:
+        first.kill()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    for name in [f"shared/outer_{k}" for k in range(5)] + ["shared/final"]:
+        assert len(finished(storage, name)) == 4, name  # exact, with two processes claiming
+    trials = client.search_runs([exp.experiment_id], "tags.run_level = 'trial'")
+    assert len(trials) == 24
+    assert len({t.data.tags["pid"] for t in trials}) == 2  # the joining process ran trials
+
+
+@pytest.mark.slow
 def test_a_miso_sweep_prunes_by_epoch_and_finishes(tiny_dir, home, tmp_path):
     text = "model.params.lr: {low: 0.0001, high: 0.003, log: true}\n"
     cfg = config(
@@ -289,3 +345,11 @@ def test_a_miso_sweep_prunes_by_epoch_and_finishes(tiny_dir, home, tmp_path):
     )
     reported = [t.intermediate_values for t in study.get_trials() if t.intermediate_values]
     assert reported and max(len(v) for v in reported) >= 2  # epochs reported to the pruner
+
+
+def test_sampler_seeds_fit_numpy_for_every_worker_number():
+    # A joining worker numbers itself from the clock (up to 100,000); the seed once overflowed.
+    outer = sweep_module._Outer("s/final", -1, np.arange(3), np.arange(0), [])
+    for worker in (0, 1, 41_000, 99_999):
+        seed = sweep_module._seed({"seed": 2**31}, outer, worker)
+        optuna.samplers.TPESampler(seed=seed)  # raises beyond 2**32 - 1
