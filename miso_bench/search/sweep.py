@@ -210,6 +210,35 @@ def _study(name: str, settings: SweepSettings, seed: int) -> optuna.Study:
     )
 
 
+def _check_identity(study: optuna.Study, key: str) -> None:
+    """A study holds trials of one objective: the same config, data, code, search space and
+    inner folds. Reopening it under another (a changed ``--set``, ``--data``, ``--space``,
+    ``--inner-splits``, or code) would mix trials scored on other folds into its best
+    parameters, so it is refused; a study without trials takes the key."""
+    found = study.user_attrs.get("sweep_key")
+    if found is None:
+        study.set_user_attr("sweep_key", key)
+    elif found != key:
+        raise MisoBenchError(
+            f"Optuna study {study.study_name!r} holds trials of another configuration, "
+            "dataset, code version, search space or --inner-splits (fix: --study NEW_NAME, "
+            "or delete the old study, e.g. optuna delete-study)"
+        )
+
+
+def _study_key(config: dict[str, Any], fingerprint: str, settings: SweepSettings) -> str:
+    """What a study's trials depend on (not how many there are, nor the budget)."""
+    return config_hash(
+        {
+            "config": config,
+            "dataset": fingerprint,
+            "code": code_version(),
+            "space": [d.__dict__ for d in settings.space.dimensions],
+            "inner_splits": settings.inner_splits,
+        }
+    )
+
+
 def _counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {
@@ -407,25 +436,35 @@ def _fail_dead_trials(
     running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     if not running:
         return 0
+    # Every trial run of this study, whichever sweep run or joining worker holds it, whatever
+    # its state: a run already ended (its worker about to tell Optuna) is not dead.
     runs = {
         r.data.tags.get("optuna_trial"): r
         for r in tracker.client.search_runs(
             [tracker.experiment_id],
-            f"tags.mlflow.parentRunId = '{study_run}' and attributes.status = 'RUNNING'",
+            f"tags.optuna_study = '{study.study_name}' and tags.run_level = 'trial'",
+            max_results=5000,
         )
     }
     dead = 0
     now = time.time()
     for trial in running:
         run = runs.get(str(trial.number))
-        if run is not None:
+        if run is not None and run.info.status != "RUNNING":
+            # Ended a moment ago, its worker about to tell Optuna: alive for the grace time.
+            ended = (run.info.end_time or 0) / 1000.0
+            alive = (
+                run.data.tags.get("state") in ("COMPLETE", "PRUNED", "FAIL")
+                and now - ended < settings.grace_s
+            )
+        elif run is not None:
             alive = process_alive(run.data.tags, stale_s=max(6.0 * settings.heartbeat_s, 60.0))
         else:
             started = trial.datetime_start.timestamp() if trial.datetime_start else now
             alive = now - started < settings.grace_s
         if alive:
             continue
-        study.tell(trial.number, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         if run is not None:
             tracker.set_tags(run.info.run_id, {"state": "FAIL"})
@@ -462,12 +501,12 @@ def _work_on(
         try:
             value = objective(trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
         else:
-            study.tell(trial, value)
+            study.tell(trial, value, skip_if_finished=True)
         if on_trial is not None:
             on_trial(study.study_name, _counts(study))
 
@@ -475,7 +514,8 @@ def _work_on(
 def _wait_for_running(study: optuna.Study, objective: _Objective, settings: SweepSettings) -> None:
     """Wait until no trial of the study runs (other workers' last trials, or dead ones)."""
     while _counts(study)["running"]:
-        _fail_dead_trials(study, objective.tracker, objective.study_run, settings)
+        with _claim_lock(settings):
+            _fail_dead_trials(study, objective.tracker, objective.study_run, settings)
         if _counts(study)["running"]:
             time.sleep(max(1.0, settings.heartbeat_s / 2))
 
@@ -592,6 +632,9 @@ def _sweep(
     name = study_name(config, settings)
     say(f"building {config['cv']['name']} outer folds and their inner folds")
     outers = outer_folds(config, inputs, settings.inner_splits, name)
+    key = _study_key(config, inputs.fingerprint, settings)
+    for outer in outers:  # before any work: a study of another objective is refused
+        _check_identity(_study(outer.name, settings, 0), key)
     if on_plan is not None:
         on_plan([outer.name for outer in outers])
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
@@ -755,6 +798,9 @@ def join_sweep(config: dict[str, Any], settings: SweepSettings) -> int:
     settings = replace(settings, space=space)
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
     outers = outer_folds(config, inputs, settings.inner_splits, name)
+    key = _study_key(config, inputs.fingerprint, settings)
+    for outer in outers:
+        _check_identity(_study(outer.name, settings, 0), key)
     runs: dict[str, str] = {}
     for outer in outers:
         found = tracker.client.search_runs(
@@ -837,7 +883,9 @@ def _refit_outer(
     read back (matched by pedon id) when an earlier run of the sweep logged it."""
     task = inputs.task
     columns = [f"p/{c}" for c in task.class_names]
-    if tracker.run_tags(study_run).get("refit") == "done":
+    key = yaml.safe_dump(params, sort_keys=True)
+    tags = tracker.run_tags(study_run)
+    if tags.get("refit") == "done" and tags.get("refit_params") == key:
         pred = pd.read_parquet(tracker.download(study_run, "predictions.parquet")).set_index("id")
         ids = inputs.ids[outer.test]
         if set(pred.index.tolist()) == set(ids.tolist()):
@@ -857,7 +905,7 @@ def _refit_outer(
         pred.insert(0, "id", result.test_ids)
         pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
         tracker.log_artifact(study_run, Path(tmp) / "predictions.parquet")
-    tracker.set_tags(study_run, {"refit": "done"})
+    tracker.set_tags(study_run, {"refit": "done", "refit_params": key})
     return result.proba, truth
 
 

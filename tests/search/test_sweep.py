@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 import miso_bench.search.sweep as sweep_module
 from miso_bench.config import resolve_config
 from miso_bench.engine import build_inputs, prepare_dataset
+from miso_bench.errors import MisoBenchError
 from miso_bench.models import MODELS
 from miso_bench.search import (
     SweepSettings,
@@ -27,6 +29,7 @@ from miso_bench.search import (
     run_sweep,
     study_name,
 )
+from miso_bench.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_RF = (
@@ -353,3 +356,52 @@ def test_sampler_seeds_fit_numpy_for_every_worker_number():
     for worker in (0, 1, 41_000, 99_999):
         seed = sweep_module._seed({"seed": 2**31}, outer, worker)
         optuna.samplers.TPESampler(seed=seed)  # raises beyond 2**32 - 1
+
+
+def test_a_study_of_another_configuration_is_refused(tiny_dir, home, tmp_path):
+    settings = SweepSettings(
+        space=space(tmp_path), n_trials=1, inner_splits=2, pruner="none", study="same"
+    )
+    run_sweep(config(tiny_dir, home, "rf", "cv.n_splits=2"), settings)
+    # Other outer folds: the old studies' trials were tuned on rows now in a test fold.
+    with pytest.raises(MisoBenchError, match="holds trials of another configuration"):
+        run_sweep(config(tiny_dir, home, "rf", "cv.n_splits=3"), settings)
+
+
+def test_an_outer_refit_is_reused_only_with_the_same_parameters(tiny_dir, home, monkeypatch):
+    cfg = config(tiny_dir, home, "rf", "cv.n_splits=2")
+    inputs = build_inputs(cfg, prepare_dataset(cfg, lambda m: None))
+    outer = outer_folds(cfg, inputs, 2, "reuse")[0]
+    tracker = Tracker("reuse", cfg["tracking"]["uri"])
+    fits = []
+    real = sweep_module.fit_predict_fold
+    monkeypatch.setattr(
+        sweep_module, "fit_predict_fold", lambda *a, **k: fits.append(1) or real(*a, **k)
+    )
+    with tracker.run("study") as run:
+        a = {"model.params.n_estimators": 5}
+        first, _ = sweep_module._refit_outer(cfg, inputs, outer, a, tracker, run)
+        again, _ = sweep_module._refit_outer(cfg, inputs, outer, a, tracker, run)
+        assert len(fits) == 1  # read back
+        np.testing.assert_array_equal(first, again)
+        b = {"model.params.n_estimators": 7}  # the study found a better trial meanwhile
+        sweep_module._refit_outer(cfg, inputs, outer, b, tracker, run)
+        assert len(fits) == 2
+
+
+def test_a_trial_whose_run_just_ended_is_not_taken_for_dead(tmp_path):
+    settings = SweepSettings(space=space(tmp_path), storage=f"sqlite:///{tmp_path}/o.db", grace_s=2)
+    study = optuna.create_study(study_name="s/outer_0", storage=settings.storage)
+    trial = study.ask()  # RUNNING in Optuna
+    time.sleep(2.5)  # a trial older than the grace time...
+    tracker = Tracker("dead", f"sqlite:///{tmp_path}/t.db")
+    with tracker.run("study") as parent:
+        tags = {"run_level": "trial", "optuna_study": "s/outer_0", "state": "COMPLETE"}
+        run = tracker.start_run(
+            "t", tags={**tags, "optuna_trial": str(trial.number)}, parent_id=parent
+        )
+        tracker.client.set_terminated(run, status="FINISHED")  # ...whose worker is telling
+        assert sweep_module._fail_dead_trials(study, tracker, parent, settings) == 0
+        stale = replace(settings, grace_s=0)  # ...but never told: its worker died
+        assert sweep_module._fail_dead_trials(study, tracker, parent, stale) == 1
+    assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
