@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .analysis.compare import RunRecord, check_same_pedons, load_run
+from .analysis.compare import RunRecord, check_same_pedons, load_run, positive_index
 from .config import ConfigError, resolve_config
 from .errors import MisoBenchError
 from .evaluation.paired import paired_difference, seed_statistic
@@ -293,7 +293,7 @@ def _aggregate(
     y = ref.oof["observed"].astype(str).map(lookup).to_numpy()
     binary = len(classes) == 2
     metric = "f1_pos" if binary else "macro_f1"
-    positive = classes.index("1") if binary and "1" in classes else (1 if binary else None)
+    positive = positive_index(ref) if binary else None
     tags = ref.tags
     frame = MetricFrame(tags.get("dataset_crs", "EPSG:3338"), tags.get("distance_crs", "EPSG:3338"))
     xy = frame.to_metric(ref.oof["x"].to_numpy(), ref.oof["y"].to_numpy())

@@ -50,7 +50,7 @@ from .engine import (
     truth_metrics,
 )
 from .evaluation import plots
-from .evaluation.regional import RegionalResult, confusion_of
+from .evaluation.regional import RegionalResult, confusion_of, hard_labels
 from .evaluation.tasks import Task
 from .models import save_fitted
 from .provenance import code_version, git_commit, process_identity
@@ -365,6 +365,11 @@ def _identity(
         "dataset_fingerprint": inputs.fingerprint,
         "dataset_crs": inputs.manifest.crs,
         "distance_crs": inputs.frame.metric_crs,
+        **(
+            {"positive_class": str(inputs.task.positive_class)}
+            if inputs.task.kind == "binary"
+            else {}
+        ),
         "git_commit": git_commit(),
         "code_version": code,
         "config_hash": chash,
@@ -572,7 +577,10 @@ def _log_artifacts(
         pred.insert(0, "y", table["y"].to_numpy())
         pred.insert(0, "x", table["x"].to_numpy())
         pred.insert(0, "id", table["id"].to_numpy())
-        pred["predicted"] = [task.class_names[i] for i in np.nan_to_num(oof, nan=0).argmax(1)]
+        tested = np.isfinite(oof).all(axis=1)  # pedons no test fold held have no prediction
+        labels = hard_labels(np.nan_to_num(oof, nan=0), task)
+        predicted = [task.class_names[i] for i in labels]
+        pred["predicted"] = [n if t else None for n, t in zip(predicted, tested, strict=True)]
         for layer, names in inputs.regions.items():
             pred[layer] = names
         pred.to_parquet(tmp / "oof_predictions.parquet", index=False)

@@ -125,3 +125,58 @@ def test_compare_refuses_other_tasks(tiny_dir, home):
         compare_runs(runs, tracking_uri=uri)
     with pytest.raises(MisoBenchError, match="at least two"):
         compare_runs(runs[:1], tracking_uri=uri)
+
+
+def test_compare_scores_exactly_what_the_run_reported(tiny_dir, home):
+    """The stored predictions follow the run's own rule (binary: positive from p >= 0.5, a
+    tie included; a forest of 10 trees ties often), so compare's reference value is the
+    run's logged metric."""
+    from miso_bench.config import resolve_config
+    from miso_bench.runner import run_benchmark
+
+    uri = f"sqlite:///{home}/t.db"
+    results = []
+    for model in ("rf", "majority"):
+        cfg = resolve_config(
+            None,
+            None,
+            [
+                f"data.path={tiny_dir}",
+                f"model.name={model}",
+                "task=pf1m",
+                "refit=false",
+                f"tracking.uri={uri}",
+                "eval.n_boot=10",
+                *(["model.params.n_estimators=10"] if model == "rf" else []),
+            ],
+        )
+        results.append(run_benchmark(cfg, announce=lambda m: None))
+    c = compare_runs([r.run_id for r in results], tracking_uri=uri, n_boot=20)
+    overall = c.table[c.table["layer"] == "overall"].iloc[0]
+    assert overall["reference"] == pytest.approx(results[0].metrics["test/overall/f1_pos"])
+    assert overall["value"] == pytest.approx(results[1].metrics["test/overall/f1_pos"])
+
+
+def test_pedons_no_test_fold_held_are_not_compared(tmp_path):
+    import pandas as pd
+
+    from miso_bench.analysis.compare import load_run
+    from miso_bench.tracking import Tracker
+
+    tracker = Tracker("e", f"sqlite:///{tmp_path}/t.db")
+    oof = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "x": [0.0, 1.0, 2.0],
+            "y": [0.0, 0.0, 0.0],
+            "observed": ["0", "1", "1"],
+            "fold": [0, 1, -1],  # "c": in no test fold of a split file
+            "p/0": [0.9, 0.2, np.nan],
+            "p/1": [0.1, 0.8, np.nan],
+            "predicted": ["0", "1", None],
+        }
+    )
+    with tracker.run("r") as run:
+        oof.to_parquet(tmp_path / "oof_predictions.parquet", index=False)
+        tracker.log_artifact(run, tmp_path / "oof_predictions.parquet")
+    assert load_run(run, tracker.uri).oof.index.tolist() == ["a", "b"]

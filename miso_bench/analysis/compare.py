@@ -73,6 +73,7 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
             "run` or `sweep` (not a fold's run), finished"
         ) from exc
     oof = pd.read_parquet(path).set_index("id")
+    oof = oof[oof["fold"] >= 0]  # pedons no test fold held (a split file may leave some)
     config: dict[str, Any] = {}
     with contextlib.suppress(MlflowException, OSError):  # older runs may lack their config
         config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
@@ -120,11 +121,25 @@ def check_same_pedons(a: RunRecord, b: RunRecord) -> None:
         )
 
 
+def positive_index(record: RunRecord) -> int:
+    """The positive class of a binary run (its ``positive_class`` tag; older runs: "1")."""
+    classes = record.classes
+    tag = record.tags.get("positive_class")
+    if tag is not None and tag in classes:
+        return classes.index(tag)
+    if "1" in classes:
+        return classes.index("1")
+    raise MisoBenchError(
+        f"run {record.run_id}: which class is positive is not recorded (classes {classes}); "
+        "rerun it with this version of miso-bench"
+    )
+
+
 def _metric_for(record: RunRecord, metric: str | None) -> tuple[str, int | None]:
     classes = record.classes
     binary = len(classes) == 2
     name = metric or ("f1_pos" if binary else "macro_f1")
-    positive = classes.index("1") if binary and "1" in classes else (1 if binary else None)
+    positive = positive_index(record) if binary else None
     if name.endswith("_pos") and positive is None:
         raise MisoBenchError(f"metric {name!r} needs a binary task")
     return name, positive

@@ -18,7 +18,13 @@ from ..spatial import block_ids
 from .metrics import CM_METRICS, classification_metrics, confusion, metrics_from_confusion
 from .tasks import Task
 
-__all__ = ["RegionalResult", "bootstrap_ci", "confusion_of", "evaluate_by_region"]
+__all__ = [
+    "RegionalResult",
+    "bootstrap_ci",
+    "confusion_of",
+    "evaluate_by_region",
+    "hard_labels",
+]
 
 
 def bootstrap_ci(
@@ -112,10 +118,7 @@ def _rows(
 ) -> list[dict]:
     metrics = classification_metrics(y, proba, task)
     pos = task.classes.index(task.positive_class) if task.kind == "binary" else None
-    if pos is not None:
-        y_pred = np.where(proba[:, pos] >= 0.5, pos, 1 - pos)
-    else:
-        y_pred = proba.argmax(axis=1)
+    y_pred = hard_labels(proba, task)
     cis = bootstrap_ci(y, y_pred, blocks, task.n_classes, pos, n_boot, ci, rng)
     rows = []
     for metric, value in metrics.items():
@@ -185,11 +188,16 @@ def evaluate_by_region(
     return RegionalResult(pd.DataFrame(rows), worst, primary=task.primary_metric)
 
 
-def confusion_of(y_true: np.ndarray, proba: np.ndarray, task: Task) -> np.ndarray:
-    """The confusion matrix of a prediction set (for plots)."""
+def hard_labels(proba: np.ndarray, task: Task) -> np.ndarray:
+    """Predicted class indices, the one rule for every metric and every stored prediction:
+    the positive class where its probability is at least 0.5 (binary tasks; a tie is
+    positive), the most probable class otherwise."""
     if task.kind == "binary":
         pos = task.classes.index(task.positive_class)
-        y_pred = np.where(proba[:, pos] >= 0.5, pos, 1 - pos)
-    else:
-        y_pred = proba.argmax(axis=1)
-    return confusion(y_true, y_pred, task.n_classes)
+        return np.where(proba[:, pos] >= 0.5, pos, 1 - pos)
+    return proba.argmax(axis=1)
+
+
+def confusion_of(y_true: np.ndarray, proba: np.ndarray, task: Task) -> np.ndarray:
+    """The confusion matrix of a prediction set (for plots)."""
+    return confusion(y_true, hard_labels(proba, task), task.n_classes)

@@ -56,6 +56,7 @@ from ..engine import (
 )
 from ..engine import truth_metrics as score_truth
 from ..errors import MisoBenchError
+from ..evaluation.regional import hard_labels
 from ..models import MODELS, deep_merge
 from ..provenance import code_version, process_alive, process_identity
 from ..tracking import (
@@ -655,6 +656,13 @@ def _sweep(
         "seed": str(config["seed"]),
         "dataset": inputs.manifest.name,
         "dataset_fingerprint": inputs.fingerprint,
+        "dataset_crs": inputs.manifest.crs,
+        "distance_crs": inputs.frame.metric_crs,
+        **(
+            {"positive_class": str(inputs.task.positive_class)}
+            if inputs.task.kind == "binary"
+            else {}
+        ),
         "config_hash": chash,
         "code_version": code_version(),
         "optuna_study": name,
@@ -959,7 +967,10 @@ def _log_outer_predictions(
         pred.insert(0, "y", inputs.table["y"].to_numpy())
         pred.insert(0, "x", inputs.table["x"].to_numpy())
         pred.insert(0, "id", inputs.ids)
-        pred["predicted"] = [task.class_names[i] for i in np.nan_to_num(oof, nan=0).argmax(1)]
+        tested = np.isfinite(oof).all(axis=1)  # pedons no test fold held have no prediction
+        labels = hard_labels(np.nan_to_num(oof, nan=0), task)
+        predicted = [task.class_names[i] for i in labels]
+        pred["predicted"] = [n if t else None for n, t in zip(predicted, tested, strict=True)]
         for layer, names in inputs.regions.items():
             pred[layer] = names
         pred.to_parquet(Path(tmp) / "oof_predictions.parquet", index=False)
