@@ -390,7 +390,13 @@ def _log_summary(suite: Suite, result: SuiteResult, config: dict[str, Any]) -> s
     experiment = Tracker(
         f"{first.tags.get('dataset', 'dataset')}/ablations", config["tracking"]["uri"]
     )
-    tags = {"run_level": "ablation", "ablation": suite.name, "suite_file": str(suite.path)}
+    tags = {
+        "run_level": "ablation",
+        "ablation": suite.name,
+        "suite_file": str(suite.path),
+        "tasks": ",".join(sorted(set(result.table["task"].astype(str)))),
+        "cvs": ",".join(sorted(set(result.table["cv"].astype(str)))),
+    }
     with experiment.run(f"ablation-{suite.name}", tags=tags) as run_id:
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "ablation_table.csv"

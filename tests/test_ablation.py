@@ -82,13 +82,25 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert c.table.loc[c.table["layer"] == "overall", "diff"].iloc[0] < 0
     with pytest.raises(MisoBenchError, match="different folds"):
         compare_runs([by[("rf_small", 0)], by[("rf_small", 1)]], tracking_uri=uri)
+    # The same suite run later on another task: the report shows both, not only the newest.
+    from miso_bench.tracking import Tracker
+
+    summary = client.get_run(first.summary_run)
+    tracker = Tracker(client.get_experiment(summary.info.experiment_id).name, uri)
+    tags = {**summary.data.tags, "tasks": "other_task"}
+    tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
+    with tracker.run("ablation-smoke", tags=tags) as later:
+        first.table.assign(task="other_task").to_csv(home / "ablation_table.csv", index=False)
+        tracker.log_artifact(later, home / "ablation_table.csv")
     # the report: HTML that parses and holds its figures
     report = build_report(home / "report", tracking_uri=uri)
     parser = _Images()
     parser.feed(report.html.read_text())
     assert parser.images == len(report.figures) > 0
     assert all(f.is_file() for f in report.figures)
-    assert "Ablation suite smoke" in report.markdown.read_text()
+    markdown = report.markdown.read_text()
+    assert "Ablation suite smoke" in markdown
+    assert "other_task, spatial CV" in markdown and "tax_order, spatial CV" in markdown
 
 
 class _Images(HTMLParser):

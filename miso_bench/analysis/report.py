@@ -232,7 +232,11 @@ def _ablation_sections(client: Any) -> list[_Section]:
             [experiment.experiment_id],
             "attributes.status = 'FINISHED' and tags.run_level = 'ablation'",
         )
-        for run in _latest(runs):
+        newest: dict[tuple, Any] = {}  # per suite and the tasks and schemes it ran
+        for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
+            t = run.data.tags
+            newest.setdefault((t.get("ablation"), t.get("tasks"), t.get("cvs")), run)
+        for run in newest.values():
             with tempfile.TemporaryDirectory() as tmp:
                 try:
                     path = client.download_artifacts(run.info.run_id, "ablation_table.csv", tmp)

@@ -90,6 +90,11 @@ def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Config paths outside ``model.params`` that act inside a trial: the early-stopping split
+#: carved from each inner training fold.
+SEARCHABLE_OUTSIDE_PARAMS = ("cv.inner_val_fraction", "cv.inner_block_size_m")
+
+
 def space_file(family: str) -> Path:
     """``configs/search/<family>.yaml``."""
     return configs_dir() / "search" / f"{family}.yaml"
@@ -121,6 +126,16 @@ def _check_path(path: str, valid_params: set[str], source: str) -> None:
     if path in ("model.name", "task", "cv.name", "data.path") or path.startswith("tracking."):
         raise SearchSpaceError(
             f"{source}: `{path}` cannot be searched (it names what is benchmarked, not how)"
+        )
+    if path not in SEARCHABLE_OUTSIDE_PARAMS:
+        # The features, folds and data of a sweep are built once, before its trials: such a
+        # dimension would change nothing, and its "best" value would be an arbitrary draw
+        # (or, for `seed`, the luckiest seed).
+        raise SearchSpaceError(
+            f"{source}: `{path}` cannot be searched: a sweep's features, folds, data and "
+            "seed are fixed before its trials (search model.params.* or "
+            f"{', '.join(SEARCHABLE_OUTSIDE_PARAMS)}; compare other settings with an "
+            "ablation suite)"
         )
 
 
