@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -371,7 +372,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    print(_format_sweep(result, config))
+    extra = [
+        *(["--data", args.data] if args.data else []),
+        *(["--config", args.config] if args.config else []),
+        *(["--seed", str(args.seed)] if args.seed is not None else []),
+        *[f"--set={item}" for item in args.set or []],
+        *(["--storage", args.storage] if args.storage else []),
+        *(["--tracking-uri", args.tracking_uri] if args.tracking_uri else []),
+    ]
+    print(_format_sweep(result, config, " ".join(shlex.quote(a) for a in extra)))
     return 0
 
 
@@ -436,7 +445,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_sweep(result: Any, config: dict) -> str:
+def _format_sweep(result: Any, config: dict, extra: str = "") -> str:
     primary = "f1_pos" if "test/overall/f1_pos" in result.metrics else "macro_f1"
     m = result.metrics
     lines = [
@@ -463,7 +472,7 @@ def _format_sweep(result: Any, config: dict) -> str:
         "",
         f"MLflow: experiment '{result.experiment}', run {result.run_id} ({result.tracking_uri})",
         f"run it: miso-bench run --model {config['model']['name']} --cv {config['cv']['name']} "
-        f"--task {config['task']} --params best:{result.study}",
+        f"--task {config['task']} --params best:{result.study}" + (f" {extra}" if extra else ""),
     ]
     return "\n".join(lines)
 

@@ -546,6 +546,14 @@ def _experiment(config: dict[str, Any], inputs: RunInputs) -> str:
     return config["tracking"]["experiment"] or f"{inputs.manifest.name}/{inputs.task.name}"
 
 
+def _share(deadline: float | None, studies_left: int) -> float | None:
+    """The deadline of the next study: an even share of the time left to the sweep (every
+    process splits the budget the same way, workers and joining machines included)."""
+    if deadline is None:
+        return None
+    return time.time() + max(0.0, deadline - time.time()) / max(studies_left, 1)
+
+
 def _seed(config: dict[str, Any], outer: _Outer, worker: int) -> int:
     """The sampler's seed: one per study and per worker (two workers never draw alike)."""
     return (int(config["seed"]) + 7919 * (outer.index + 2) + 104729 * worker) % 2**32
@@ -562,12 +570,12 @@ def _worker_main(
     inputs = build_inputs(config, prepare_dataset(config, lambda _m: None))
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
     outers = outer_folds(config, inputs, settings.inner_splits, study_name(config, settings))
-    for outer in outers:
+    for i, outer in enumerate(outers):
         study = _study(outer.name, settings, _seed(config, outer, worker))
         objective = _Objective(
             config, inputs, settings.space, outer, tracker, runs[outer.name], settings.heartbeat_s
         )
-        _work_on(study, objective, settings, deadline)
+        _work_on(study, objective, settings, _share(deadline, len(outers) - i))
 
 
 def _start_workers(
@@ -689,6 +697,10 @@ def _sweep(
             outcome = _tune_and_refit(
                 config, inputs, settings, outers, tracker, runs, deadline, say, on_trial
             )
+        except BaseException:  # Ctrl-C, SIGTERM, an error: the workers stop too
+            for proc in workers:
+                proc.terminate()  # their running trials are failed and retried on resume
+            raise
         finally:
             for proc in workers:
                 proc.join()
@@ -742,8 +754,7 @@ def _tune_and_refit(
     for i, outer in enumerate(outers):
         say(f"study {outer.name}")
         study = _study(outer.name, settings, _seed(config, outer, 0))
-        left = None if deadline is None else max(0.0, deadline - time.time())
-        study_deadline = None if left is None else time.time() + left / (len(outers) - i)
+        study_deadline = _share(deadline, len(outers) - i)
         objective = _Objective(
             config, inputs, settings.space, outer, tracker, runs[outer.name], settings.heartbeat_s
         )
@@ -824,12 +835,12 @@ def join_sweep(config: dict[str, Any], settings: SweepSettings) -> int:
         runs[outer.name] = found[0].info.run_id
     deadline = None if settings.timeout_s is None else time.time() + settings.timeout_s
     worker = 1 + int(time.time() * 1000) % 100_000  # another seed than the local workers'
-    for outer in outers:
+    for i, outer in enumerate(outers):
         study = _study(outer.name, settings, _seed(config, outer, worker))
         objective = _Objective(
             config, inputs, space, outer, tracker, runs[outer.name], settings.heartbeat_s
         )
-        _work_on(study, objective, settings, deadline)
+        _work_on(study, objective, settings, _share(deadline, len(outers) - i))
     return len(outers)
 
 
@@ -934,7 +945,8 @@ def _log_study(tracker: Tracker, run: str, study: optuna.Study, params: dict[str
 
 
 def _log_plots(tracker: Tracker, run: str, study: optuna.Study) -> None:
-    """Optuna's optimisation history and parameter importances, as figures of the run."""
+    """Optuna's optimisation history, parameter importances and the intermediate values the
+    pruner judged (per inner fold or epoch), as figures of the run."""
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
@@ -944,6 +956,8 @@ def _log_plots(tracker: Tracker, run: str, study: optuna.Study) -> None:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(complete) >= 2:
         plots.append(("param_importances.png", vis.plot_param_importances))
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        plots.append(("intermediate_values.png", vis.plot_intermediate_values))
     for name, plot in plots:
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental

@@ -141,6 +141,8 @@ def test_nested_cv_never_shows_an_outer_test_pedon_to_a_trial(
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"best_params.yaml", "oof_predictions.parquet", "search_space.yaml"} <= artifacts
     assert "figures" in artifacts
+    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(result.run_id, "figures")}
+    assert {"optimization_history.png", "intermediate_values.png"} <= figures
     trials = client.search_runs([run.info.experiment_id], "tags.run_level = 'trial'")
     assert len(trials) == 18 and all("inner_0/macro_f1" in t.data.metrics for t in trials)
 
@@ -405,3 +407,28 @@ def test_a_trial_whose_run_just_ended_is_not_taken_for_dead(tmp_path):
         stale = replace(settings, grace_s=0)  # ...but never told: its worker died
         assert sweep_module._fail_dead_trials(study, tracker, parent, stale) == 1
     assert study.get_trials()[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_time_budget_is_shared_evenly_by_the_studies_left():
+    now = time.time()
+    assert sweep_module._share(None, 3) is None
+    assert sweep_module._share(now + 60.0, 3) == pytest.approx(now + 20.0, abs=1.0)
+    assert sweep_module._share(now - 5.0, 2) == pytest.approx(now, abs=1.0)  # spent: now
+
+
+def test_the_printed_run_command_runs_the_tuned_configuration(tiny_dir, home, tmp_path, capsys):
+    import shlex
+
+    from miso_bench.cli import main
+
+    (tmp_path / "space.yaml").write_text(SMALL_RF)
+    storage = f"sqlite:///{tmp_path}/elsewhere.db"  # not the default: the hint must carry it
+    args = ["sweep", "--model", "rf", "--task", "pf1m", "--data", str(tiny_dir), "--trials", "1"]
+    args += ["--inner-splits", "2", "--set", "cv.n_splits=2", "--set", "model.params.n_jobs=1"]
+    args += ["--space", str(tmp_path / "space.yaml"), "--storage", storage]
+    args += ["--tracking-uri", f"sqlite:///{home}/t.db"]
+    assert main(args) == 0
+    hint = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run it:")]
+    command = shlex.split(hint[0].removeprefix("run it:"))
+    assert command[0] == "miso-bench" and "--storage" in command and "--data" in command
+    assert main([*command[1:], "--no-refit"]) == 0
