@@ -37,6 +37,12 @@ def test_seeds_are_aggregated_by_their_interquartile_mean_from_five():
     stat = seed_statistic(y, preds, np.arange(10), 2, "accuracy", n_boot=0)
     assert stat.value == pytest.approx(0.6) and stat.seeds == 5  # mean of 0.5, 0.6, 0.7
     assert aggregate(np.array([0.2, 0.4])) == pytest.approx(0.3)  # two seeds: the mean
+    # A seed whose value is undefined (NaN) is left out, not trimmed as if it were the largest.
+    six = np.array([0.1, 0.5, 0.6, 0.7, 1.0, np.nan])
+    assert aggregate(six) == pytest.approx(0.6)  # the IQM of the five defined seeds
+    assert aggregate(np.array([0.1, 0.5, 0.6, np.nan, np.nan])) == pytest.approx(0.4)
+    columns = np.stack([six, six[::-1]], axis=1)  # seeds x replicates
+    np.testing.assert_allclose(aggregate(columns), [0.6, 0.6])
 
 
 # --- suites ---------------------------------------------------------------------------------

@@ -43,8 +43,17 @@ class SeedStat:
 def aggregate(values: np.ndarray, axis: int = 0) -> np.ndarray:
     """Mean over seeds, or the interquartile mean (25 % trimmed each side) with >= 5 seeds."""
     values = np.asarray(values, dtype=np.float64)
-    if values.shape[axis] >= 5:
+    if values.shape[axis] >= 5 and np.isfinite(values).all():
         return np.asarray(trim_mean(values, 0.25, axis=axis))
+    if values.shape[axis] >= 5:  # a seed with an undefined value: aggregate the others
+        moved = np.moveaxis(values, axis, 0)
+        out = np.full(moved.shape[1:], np.nan)
+        for idx in np.ndindex(*moved.shape[1:]):
+            column = moved[(slice(None), *idx)]
+            column = column[np.isfinite(column)]
+            if column.size:
+                out[idx] = trim_mean(column, 0.25) if column.size >= 5 else column.mean()
+        return out
     with warnings.catch_warnings():  # a replicate undefined for every seed stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=axis)
