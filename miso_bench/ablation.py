@@ -382,6 +382,39 @@ def format_suite(result: SuiteResult, layer: str = "overall") -> str:
     return "\n".join(lines).strip()
 
 
+def format_regions(result: SuiteResult) -> str:
+    """Markdown tables of the primary metric by region (one per task, scheme and region
+    layer: variants as rows, regions as columns), variants in the overall table's order."""
+    t = result.table
+    lines: list[str] = []
+    for (task, cv), sub in t.groupby(["task", "cv"], sort=False):
+        metric = sub["metric"].iloc[0]
+        order = (
+            sub[sub["layer"] == "overall"].sort_values("value", ascending=False)["variant"].tolist()
+        )
+        for layer in [x for x in dict.fromkeys(sub["layer"]) if x != "overall"]:
+            part = sub[sub["layer"] == layer]
+            regions = list(dict.fromkeys(part["region"]))
+            n = part.groupby("region")["n"].max()
+            lines += [
+                "",
+                f"### {task} — {cv} CV — {metric} by {layer}",
+                "",
+                "| variant | " + " | ".join(f"{r} (n={int(n[r])})" for r in regions) + " |",
+                "|---|" + "---|" * len(regions),
+            ]
+            values = part.set_index(["variant", "region"])["value"]
+            for variant in order:
+                cells = [
+                    ""
+                    if not np.isfinite(v := float(values.get((variant, r), np.nan)))
+                    else f"{v:.3f}"
+                    for r in regions
+                ]
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).strip()
+
+
 def _log_summary(suite: Suite, result: SuiteResult, config: dict[str, Any]) -> str:
     """The tables and a figure, in an ``ablation`` run of the first task's experiment."""
     import matplotlib.pyplot as plt
@@ -403,7 +436,10 @@ def _log_summary(suite: Suite, result: SuiteResult, config: dict[str, Any]) -> s
             result.table.to_csv(table, index=False)
             experiment.log_artifact(run_id, table)
             md = Path(tmp) / "ablation_summary.md"
-            md.write_text(f"# Ablation suite {suite.name}\n\n" + format_suite(result) + "\n")
+            md.write_text(
+                f"# Ablation suite {suite.name}\n\n{format_suite(result)}\n\n"
+                f"{format_regions(result)}\n"
+            )
             experiment.log_artifact(run_id, md)
         experiment.set_tags(
             run_id, {f"run.{t}.{c}.{s}.{v}": r for (t, c, s, v), r in result.runs.items()}

@@ -387,7 +387,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .ablation import format_suite, load_suite, run_suite
+    from .ablation import format_regions, format_suite, load_suite, run_suite
 
     suite = load_suite(args.suite)
     bar = tqdm(desc=f"ablation {suite.name}", unit="run", total=None)
@@ -412,6 +412,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         bar.close()
     print(f"ablation suite {suite.name}: {len(result.runs)} runs ({result.skipped} already there)")
     print(format_suite(result))
+    print()
+    print(format_regions(result))
     print(f"\ntables and figures: MLflow run {result.summary_run} (experiment .../ablations)")
     return 0
 

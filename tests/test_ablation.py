@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from miso_bench.ablation import load_suite, run_suite
+from miso_bench.ablation import format_regions, load_suite, run_suite
 from miso_bench.analysis import build_report, compare_runs
 from miso_bench.errors import MisoBenchError
 from miso_bench.evaluation.paired import aggregate, paired_difference, seed_statistic
@@ -79,6 +79,9 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert overall.loc["majority", "diff"] < 0 < overall.loc["rf_small", "value"]
     assert (overall["seeds"] == 2).all()
     assert {"pf_zone", "mlra"} <= set(table["layer"])  # by region
+    regions = format_regions(first)
+    assert "tax_order — spatial CV — macro_f1 by pf_zone" in regions and "by mlra" in regions
+    assert regions.count("| rf_small |") == 2  # a row per region layer
     client = MlflowClient(uri)
     artifacts = {a.path for a in client.list_artifacts(first.summary_run)}
     assert {"ablation_table.csv", "ablation_summary.md", "figures"} <= artifacts
