@@ -113,17 +113,40 @@ def _heatmap(frame: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def _cv_vs_truth(points: list[tuple[str, float, float]], metric: str, path: Path) -> Path:
+    """CV estimate against truth, one numbered point per run (the key beside the plot:
+    labels written at the points overlap where runs agree), axes zoomed on the points."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="CV = truth")
-    for label, cv, truth in points:
-        ax.scatter(cv, truth, s=40)
-        ax.annotate(label, (cv, truth), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    fig, (ax, key) = plt.subplots(
+        1, 2, figsize=(9.5, 5), layout="constrained", gridspec_kw={"width_ratios": [5, 3]}
+    )
+    # Zoom on where most runs are: a run far from the others (a null model) is drawn at the
+    # edge, marked off scale, rather than squeezing the rest into a corner.
+    values = np.array([v for _, cv, truth in points for v in (cv, truth)])
+    centre = float(np.median(values))
+    spread = max(0.15, 4.0 * float(np.median(np.abs(values - centre))))
+    kept = values[np.abs(values - centre) <= spread]
+    low, high = float(kept.min()), float(kept.max())
+    pad = max(0.02, 0.08 * (high - low))
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="CV = truth")
+    lines = []
+    for i, (label, cv, truth) in enumerate(points, start=1):
+        x, y = min(max(cv, low), high), min(max(truth, low), high)
+        off = (x, y) != (cv, truth)
+        ax.scatter(x, y, s=40, marker="x" if off else "o")
+        ax.annotate(str(i), (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        note = "  off scale" if off else ""
+        lines.append(f"{i:>2}  {label}  (CV {cv:.3f}, truth {truth:.3f}){note}")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal")
     ax.set_xlabel(f"cross-validation estimate ({metric})")
     ax.set_ylabel(f"true map accuracy ({metric})")
     ax.set_title("CV estimate against the truth sample")
     ax.legend(loc="lower right")
+    key.axis("off")
+    key.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7.5)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
