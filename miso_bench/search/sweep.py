@@ -535,10 +535,12 @@ def usable_space(space: SearchSpace, model: str) -> tuple[SearchSpace, list[str]
     return SearchSpace(space.name, kept, space.source), dropped
 
 
-def study_name(config: dict[str, Any], settings: SweepSettings) -> str:
-    """The study prefix: ``--study``, or model-cv-task-seed."""
+def study_name(config: dict[str, Any], settings: SweepSettings, dataset: str) -> str:
+    """The study prefix: ``--study``, or dataset-model-cv-task-seed (studies of one model on
+    two datasets never meet in the same storage)."""
     return settings.study or (
-        f"{config['model']['name']}-{config['cv']['name']}-{config['task']}-seed{config['seed']}"
+        f"{dataset}-{config['model']['name']}-{config['cv']['name']}-{config['task']}"
+        f"-seed{config['seed']}"
     )
 
 
@@ -569,7 +571,9 @@ def _worker_main(
     """A worker process on this machine: trials of every study in turn."""
     inputs = build_inputs(config, prepare_dataset(config, lambda _m: None))
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
-    outers = outer_folds(config, inputs, settings.inner_splits, study_name(config, settings))
+    outers = outer_folds(
+        config, inputs, settings.inner_splits, study_name(config, settings, inputs.manifest.name)
+    )
     for i, outer in enumerate(outers):
         study = _study(outer.name, settings, _seed(config, outer, worker))
         objective = _Objective(
@@ -638,7 +642,7 @@ def _sweep(
         say(f"not searched ({config['model']['name']} fixes them): {', '.join(dropped)}")
     say("preparing the dataset")
     inputs = build_inputs(config, prepare_dataset(config, say), say)
-    name = study_name(config, settings)
+    name = study_name(config, settings, inputs.manifest.name)
     say(f"building {config['cv']['name']} outer folds and their inner folds")
     outers = outer_folds(config, inputs, settings.inner_splits, name)
     key = _study_key(config, inputs.fingerprint, settings)
@@ -812,7 +816,7 @@ def join_sweep(config: dict[str, Any], settings: SweepSettings) -> int:
     """Run trials of a sweep started elsewhere (another machine sharing the Optuna storage and
     the MLflow server); returns the number of studies worked on."""
     inputs = build_inputs(config, prepare_dataset(config, lambda _m: None))
-    name = study_name(config, settings)
+    name = study_name(config, settings, inputs.manifest.name)
     space, _ = usable_space(settings.space, str(config["model"]["name"]))
     settings = replace(settings, space=space)
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])

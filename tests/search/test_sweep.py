@@ -109,7 +109,8 @@ def test_nested_cv_never_shows_an_outer_test_pedon_to_a_trial(
         on_trial=lambda study, counts: told.append((study, counts["complete"])),
     )
     inputs = build_inputs(cfg, prepare_dataset(cfg, lambda m: None))
-    outers = {o.name: o for o in outer_folds(cfg, inputs, 2, study_name(cfg, settings))}
+    name = study_name(cfg, settings, inputs.manifest.name)
+    outers = {o.name: o for o in outer_folds(cfg, inputs, 2, name)}
     # The progress bar's plan: every study in order; each told at its start and per trial.
     assert planned == list(outers)
     assert [t for t in told if t[1] == 3] == [(name, 3) for name in outers]
