@@ -466,8 +466,11 @@ def _format_sweep(result: Any, config: dict, extra: str = "") -> str:
         "",
         "trials per study (complete / pruned / failed):",
     ]
+    width = max((len(study) for study in result.counts), default=0)
     for study, c in result.counts.items():
-        lines.append(f"  {study:<40} {c['complete']:>4} / {c['pruned']:>4} / {c['failed']:>4}")
+        lines.append(
+            f"  {study:<{width}}  {c['complete']:>4} / {c['pruned']:>4} / {c['failed']:>4}"
+        )
     lines += ["", f"best parameters (final study, inner {primary} {result.best_value:.3f}):"]
     lines += [f"  {k}: {v}" for k, v in sorted(result.best_params.items())]
     lines += [
