@@ -618,11 +618,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common_run_args(sweep)
-    sweep.add_argument("--trials", type=int, default=30, help="finished trials per study")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        default=30,
+        help="finished (completed or pruned) trials per study [30]",
+    )
     sweep.add_argument("--timeout", type=float, help="wall-clock budget of the sweep, seconds")
     sweep.add_argument("--storage", help="Optuna storage URL [default: sqlite under home]")
     sweep.add_argument("--study", help="study name [default: DATASET-MODEL-CV-TASK-seedN]")
-    sweep.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    sweep.add_argument("--workers", type=int, default=1, help="processes on this machine [1]")
     sweep.add_argument("--join", action="store_true", help="add trials to a running sweep")
     sweep.add_argument(
         "--pruner", default="median", choices=("median", "hyperband", "none"), help="[median]"
