@@ -33,15 +33,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from .analysis.compare import RunRecord, check_same_pedons, load_run, positive_index
-from .config import ConfigError, resolve_config
+from .analysis.compare import (
+    RunRecord,
+    bootstrap_blocks,
+    check_same_pedons,
+    load_run,
+    positive_index,
+)
+from .config import ConfigError, read_yaml, resolve_config
 from .errors import MisoBenchError
 from .evaluation.paired import paired_difference, seed_statistic
 from .models import MODELS
 from .runner import RunProgress, finished_run, run_benchmark
-from .spatial import MetricFrame, block_ids
 from .tracking import Tracker
 
 __all__ = ["Suite", "SuiteResult", "Variant", "load_suite", "run_suite"]
@@ -90,12 +94,7 @@ def load_suite(path: str | Path) -> Suite:
         MisoBenchError: one line naming the file, the key and the fix.
     """
     file = Path(path)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise MisoBenchError(f"{file}: cannot read the suite ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise MisoBenchError(f"{file}: invalid YAML: {exc}".replace("\n", " ")) from exc
+    raw = read_yaml(file, "the suite")
     if not isinstance(raw, dict):
         raise MisoBenchError(f"{file}: a suite is a mapping (name, variants, tasks, ...)")
     unknown = sorted(set(raw) - _KEYS)
@@ -294,11 +293,8 @@ def _aggregate(
     binary = len(classes) == 2
     metric = "f1_pos" if binary else "macro_f1"
     positive = positive_index(ref) if binary else None
-    tags = ref.tags
-    frame = MetricFrame(tags.get("dataset_crs", "EPSG:3338"), tags.get("distance_crs", "EPSG:3338"))
-    xy = frame.to_metric(ref.oof["x"].to_numpy(), ref.oof["y"].to_numpy())
     block = float(ref.config.get("eval", {}).get("block_size_m", 1000.0))
-    blocks = block_ids(xy[:, 0], xy[:, 1], block)
+    blocks = bootstrap_blocks(ref, block)
     layers = [
         c
         for c in ref.oof.columns

@@ -145,13 +145,19 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str, error: type[MisoBenchError] = MisoBenchError) -> Any:
+    """A YAML file's content, or ``error`` in one line naming the file: unreadable (``what``
+    says what it should have been) or invalid YAML."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from exc
+        raise error(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from exc
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path, "config file", ConfigError) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a config file must be a mapping of keys")
     return dict(data)

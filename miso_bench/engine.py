@@ -41,8 +41,10 @@ from .evaluation.metrics import classification_metrics
 from .evaluation.regional import RegionalResult, evaluate_by_region
 from .evaluation.tasks import Task, resolve_task
 from .models import MODELS, FoldContext, build_model
+from .provenance import code_version, git_commit
 from .registry import slugify
 from .spatial import MetricFrame, metric_coordinates
+from .version import __version__
 
 __all__ = [
     "FoldResult",
@@ -54,6 +56,7 @@ __all__ = [
     "check_hygiene",
     "check_unlabeled_chips",
     "fit_predict_fold",
+    "identity_tags",
     "model_record",
     "plan_fold",
     "pooled_evaluation",
@@ -563,6 +566,28 @@ def pooled_evaluation(
         seed=seed,
         min_n=int(eval_config["min_region_n"]),
     )
+
+
+def identity_tags(config: Mapping[str, Any], inputs: RunInputs) -> dict[str, str]:
+    """What a run or sweep is, as MLflow tags: model, scheme, task, seed, the data (name,
+    fingerprint, CRS and the CRS distances are measured in), the positive class of a binary
+    task, and the code (commit, versions)."""
+    tags = {
+        "model": inputs.model,
+        "cv": str(config["cv"]["name"]),
+        "task": inputs.task.name,
+        "seed": str(config["seed"]),
+        "dataset": inputs.manifest.name,
+        "dataset_fingerprint": inputs.fingerprint,
+        "dataset_crs": inputs.manifest.crs,
+        "distance_crs": inputs.frame.metric_crs,
+        "git_commit": git_commit(),
+        "code_version": code_version(),
+        "version": __version__,
+    }
+    if inputs.task.kind == "binary":
+        tags["positive_class"] = str(inputs.task.positive_class)
+    return tags
 
 
 def model_record(inputs: RunInputs, config: Mapping[str, Any], fold: str) -> dict[str, Any]:

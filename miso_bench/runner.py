@@ -43,6 +43,7 @@ from .engine import (
     RunInputs,
     build_inputs,
     fit_predict_fold,
+    identity_tags,
     model_record,
     plan_fold,
     pooled_evaluation,
@@ -53,10 +54,9 @@ from .evaluation import plots
 from .evaluation.regional import RegionalResult, confusion_of, hard_labels
 from .evaluation.tasks import Task
 from .models import save_fitted
-from .provenance import code_version, git_commit, process_identity
+from .provenance import code_version, process_identity
 from .registry import slugify
 from .tracking import Heartbeat, RunInProgressError, Tracker, WarningLog, headline_metrics
-from .version import __version__
 
 __all__ = [
     "HygieneError",
@@ -357,23 +357,8 @@ def _identity(
     code = code_version()
     chash = config_hash({"config": config, "dataset": inputs.fingerprint, "code": code})
     tags = {
-        "model": inputs.model,
-        "cv": config["cv"]["name"],
-        "task": inputs.task.name,
-        "seed": str(config["seed"]),
-        "dataset": inputs.manifest.name,
-        "dataset_fingerprint": inputs.fingerprint,
-        "dataset_crs": inputs.manifest.crs,
-        "distance_crs": inputs.frame.metric_crs,
-        **(
-            {"positive_class": str(inputs.task.positive_class)}
-            if inputs.task.kind == "binary"
-            else {}
-        ),
-        "git_commit": git_commit(),
-        "code_version": code,
+        **identity_tags(config, inputs),
         "config_hash": chash,
-        "version": __version__,
         "run_level": "parent",
         "n_folds": str(n_folds),
         "features": ",".join(inputs.feature_columns),

@@ -201,3 +201,16 @@ def test_pedons_no_test_fold_held_are_not_compared(tmp_path):
         oof.to_parquet(tmp_path / "oof_predictions.parquet", index=False)
         tracker.log_artifact(run, tmp_path / "oof_predictions.parquet")
     assert load_run(run, tracker.uri).oof.index.tolist() == ["a", "b"]
+
+
+def test_bootstrap_blocks_use_the_run_crs_and_never_assume_one():
+    import pandas as pd
+
+    from miso_bench.analysis.compare import RunRecord, bootstrap_blocks
+
+    oof = pd.DataFrame({"x": [9.90, 9.91, 10.5], "y": [51.5, 51.5, 51.5]}, index=["a", "b", "c"])
+    record = RunRecord("r", "r", {"dataset_crs": "EPSG:4326"}, {}, oof)
+    blocks = bootstrap_blocks(record, 5000.0)  # degrees measured in metres: 0.01° ~ 700 m
+    assert blocks[0] == blocks[1] != blocks[2]
+    with pytest.raises(MisoBenchError, match="does not record its dataset CRS"):
+        bootstrap_blocks(RunRecord("r", "r", {}, {}, oof), 5000.0)

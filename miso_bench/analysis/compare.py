@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import MisoBenchError
 from ..evaluation.paired import paired_difference, seed_statistic
-from ..spatial import MetricFrame, block_ids
+from ..spatial import MetricFrame, block_ids, metric_crs_for
 from ..tracking import open_client
 
 __all__ = ["Comparison", "RunRecord", "compare_runs", "load_run"]
@@ -145,13 +145,21 @@ def _metric_for(record: RunRecord, metric: str | None) -> tuple[str, int | None]
     return name, positive
 
 
-def _blocks(record: RunRecord, block_size_m: float) -> np.ndarray:
+def bootstrap_blocks(record: RunRecord, block_size_m: float) -> np.ndarray:
+    """The bootstrap block of each of a run's pedons, in the metres its distances were
+    measured in (the run's ``dataset_crs`` / ``distance_crs`` tags; never an assumed CRS)."""
     tags = record.tags
-    frame = MetricFrame(
-        tags.get("dataset_crs", "EPSG:3338"),
-        tags.get("distance_crs", tags.get("dataset_crs", "EPSG:3338")),
-    )
-    xy = frame.to_metric(record.oof["x"].to_numpy(), record.oof["y"].to_numpy())
+    if "dataset_crs" not in tags:
+        raise MisoBenchError(
+            f"run {record.run_id} does not record its dataset CRS, so its pedons cannot be put "
+            "in bootstrap blocks (fix: rerun it with this version of miso-bench)"
+        )
+    x, y = record.oof["x"].to_numpy(), record.oof["y"].to_numpy()
+    if "distance_crs" in tags:
+        frame = MetricFrame(tags["dataset_crs"], tags["distance_crs"])
+    else:  # the run's frame, chosen again the way runs choose it
+        frame = MetricFrame(tags["dataset_crs"], metric_crs_for(tags["dataset_crs"], x, y))
+    xy = frame.to_metric(x, y)
     return block_ids(xy[:, 0], xy[:, 1], block_size_m)
 
 
@@ -181,7 +189,7 @@ def compare_runs(
     classes = ref.classes
     lookup = {c: i for i, c in enumerate(classes)}
     y = ref.oof["observed"].astype(str).map(lookup).to_numpy()
-    blocks = _blocks(ref, block)
+    blocks = bootstrap_blocks(ref, block)
     layers = [
         c
         for c in ref.oof.columns

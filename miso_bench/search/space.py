@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import DEFAULTS, configs_dir
+from ..config import DEFAULTS, configs_dir, read_yaml
 from ..errors import MisoBenchError
 
 __all__ = ["Dimension", "SearchSpace", "SearchSpaceError", "load_search_space", "space_file"]
@@ -203,12 +201,7 @@ def load_search_space(path: str | Path, valid_params: set[str]) -> SearchSpace:
         SearchSpaceError: unreadable file, unknown key, empty range, wrong type.
     """
     file = Path(path)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise SearchSpaceError(f"{file}: cannot read the search space ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise SearchSpaceError(f"{file}: invalid YAML: {exc}".replace("\n", " ")) from exc
+    raw = read_yaml(file, "the search space", SearchSpaceError)
     if not isinstance(raw, Mapping) or not raw:
         raise SearchSpaceError(
             f"{file}: a search space maps config paths to choices or ranges, e.g. "

@@ -50,6 +50,7 @@ from ..engine import (
     RunInputs,
     build_inputs,
     fit_predict_fold,
+    identity_tags,
     plan_fold,
     pooled_evaluation,
     prepare_dataset,
@@ -662,21 +663,8 @@ def _sweep(
     found = _find_sweep(tracker, chash)
     tags = {
         "run_level": "sweep",
-        "model": inputs.model,
-        "cv": config["cv"]["name"],
-        "task": inputs.task.name,
-        "seed": str(config["seed"]),
-        "dataset": inputs.manifest.name,
-        "dataset_fingerprint": inputs.fingerprint,
-        "dataset_crs": inputs.manifest.crs,
-        "distance_crs": inputs.frame.metric_crs,
-        **(
-            {"positive_class": str(inputs.task.positive_class)}
-            if inputs.task.kind == "binary"
-            else {}
-        ),
+        **identity_tags(config, inputs),
         "config_hash": chash,
-        "code_version": code_version(),
         "optuna_study": name,
         "optuna_storage": (settings.storage or default_storage()).split("@")[-1],
         "search_space": space.source,

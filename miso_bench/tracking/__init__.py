@@ -437,8 +437,7 @@ class WarningLog:
 
     def __enter__(self) -> WarningLog:
         records = self._ctx.__enter__()
-        assert records is not None  # record=True always returns the log list
-        self._records = records
+        self._records = records if records is not None else []  # record=True: always a list
         warnings.simplefilter("always", MisoBenchWarning)
         return self
 

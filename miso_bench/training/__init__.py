@@ -206,7 +206,8 @@ def fit_module(
         result.best_epoch = int(state["best_epoch"])
         result.best_score = float(state["best_score"])
         result.resumed_from = first_epoch
-        assert ckpt is not None  # the state came from it
+        if ckpt is None:  # the resume state is read from the checkpoint folder
+            raise RuntimeError("a training state was resumed without its checkpoint folder")
         best_state = _load_checkpoint(ckpt / "best.pt", torch.device("cpu"))
     use_amp = cfg.amp and device.type == "cuda"
     for epoch in range(first_epoch, cfg.epochs):

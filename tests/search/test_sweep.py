@@ -81,6 +81,17 @@ def count_complete(db: Path, name: str) -> int:
     return int(n)
 
 
+def cli_script(folder: Path) -> Path:
+    """``miso-bench`` as a script that also registers the slow test models (subprocesses)."""
+    script = folder / "sweep.py"
+    script.write_text(
+        "import sys\nimport tests.slow_model\n"
+        "from miso_bench.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return script
+
+
 def finished(storage: Any, name: str) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=name, storage=storage)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -183,12 +194,7 @@ def test_a_killed_sweep_continues_to_exactly_the_requested_trials(tiny_dir, home
     storage = f"sqlite:///{home}/optuna.db"
     sp = tmp_path / "space.yaml"
     sp.write_text("model.params.n_estimators: {low: 5, high: 40}\n")
-    script = tmp_path / "sweep.py"
-    script.write_text(
-        "import sys\nimport tests.slow_model\n"
-        "from miso_bench.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
+    script = cli_script(tmp_path)
     args = [
         "sweep",
         "--model",
@@ -283,12 +289,7 @@ def test_a_worker_joins_a_sweep_through_a_journal_file(tiny_dir, home, tmp_path)
     journal.parent.mkdir()
     sp = tmp_path / "space.yaml"
     sp.write_text("model.params.n_estimators: {low: 5, high: 40}\n")
-    script = tmp_path / "sweep.py"
-    script.write_text(
-        "import sys\nimport tests.slow_model\n"
-        "from miso_bench.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
+    script = cli_script(tmp_path)
     common = [
         "--model", "slow_forest", "--task", "tax_order", "--data", str(tiny_dir),
         "--trials", "4", "--inner-splits", "2", "--pruner", "none", "--space", str(sp),

@@ -275,7 +275,10 @@ class MisoModel(ChipModel):
         cov = None
         if self._cov_idx:
             normalized = self.normalizer_(chips, valid)
-            assert isinstance(normalized, torch.Tensor)  # tensors in, tensors out
+            if not isinstance(normalized, torch.Tensor):  # tensors in, tensors out
+                raise TypeError(
+                    f"the normaliser returned {type(normalized).__name__}, not a tensor"
+                )
             cov = normalized[:, self._cov_idx]
         return s2, cov
 
