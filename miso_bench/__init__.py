@@ -2,14 +2,14 @@
 soil-taxonomy mapping.
 
 The package stays light to import; :func:`load_model` (a trained run's model, ready to
-predict) is loaded on first use.
+predict) and :func:`predict_map` (a run turned into map tiles) are loaded on first use.
 """
 
 from typing import Any
 
 from .version import __version__
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "predict_map"]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from .inference import load_model
 
         return load_model
+    if name == "predict_map":
+        from .inference.maps import predict_map
+
+        return predict_map
     raise AttributeError(f"module 'miso_bench' has no attribute {name!r}")

@@ -261,6 +261,73 @@ def _validate_names(config: dict) -> None:
     CV.get(config["cv"]["name"])
 
 
+def _bbox(text: str) -> list[float]:
+    parts = text.split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            f"expected xmin,ymin,xmax,ymax (four numbers in the dataset's CRS), got {text!r}"
+        )
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.maps import predict_map
+
+    result = predict_map(
+        args.run,
+        args.out,
+        fold=args.fold,
+        data=args.data,
+        tiles=args.tile or [],
+        bbox=args.bbox,
+        all_tiles=args.all,
+        stride_px=args.stride_px,
+        batch_size=args.batch_size,
+        probabilities=args.probabilities,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        tracking_uri=args.tracking_uri,
+        log=args.log,
+    )
+    mapped = sum(r["mapped_pixels"] for r in result.records)
+    inside = sum(r["aoa_inside_pixels"] for r in result.records)
+    print(
+        f"Mapped {len(result.tiles)} tile(s) ({len(result.skipped)} resumed) in "
+        f"{result.seconds:.1f} s: {mapped:,} pixels, {100 * inside / max(mapped, 1):.1f} % inside "
+        "the area of applicability"
+    )
+    print(f"  maps:      {result.out_dir}/<tile>.class.tif, <tile>.stats.tif (COG)")
+    print(f"  mosaic:    {result.out_dir / 'class.vrt'}, {result.out_dir / 'stats.vrt'}")
+    if (result.out_dir / "quicklook.png").is_file():
+        print(f"  quicklook: {result.out_dir / 'quicklook.png'}")
+    if result.truth is not None:
+        t = result.truth
+        primary = "f1_pos" if "f1_pos" in set(t["metric"]) else "macro_f1"
+        overall = t[(t["layer"] == "overall") & t["metric"].isin([primary, "accuracy"])]
+        regions = t[(t["layer"] != "overall") & (t["metric"] == primary)]
+        print("  the written map against the truth sample:")
+        for row in [*overall.itertuples(), *regions.itertuples()]:
+            label = "overall" if row.layer == "overall" else f"{row.layer}: {row.region}"
+            print(f"    {label:<44}{row.metric:<10}{row.value:8.3f}  (n={row.n:,})")
+        unmapped = t[t["metric"] == "n_unmapped"]["value"]
+        if len(unmapped) and unmapped.iloc[0] > 0:
+            print(f"    ({int(unmapped.iloc[0]):,} truth points fall outside the mapped pixels)")
+    if result.logged_to:
+        print(f"  logged to MLflow run {result.logged_to}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from .models import MODELS
@@ -682,6 +749,65 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-log", action="store_true", help="do not log it to MLflow")
     report.add_argument("--tracking-uri", help="MLflow tracking URI [default: local SQLite]")
     report.set_defaults(func=_cmd_report)
+
+    predict = sub.add_parser(
+        "predict",
+        help="map a trained run: tiled Cloud-Optimised GeoTIFFs with uncertainty and AOA",
+        description="Turn a run's model into maps of a tile, a box or the whole dataset. "
+        "Per tile: <tile>.class.tif (uint8 class with colour table) and <tile>.stats.tif "
+        "(probability, uncertainty, dissimilarity index, area of applicability), both "
+        "Cloud-Optimised GeoTIFFs on the input grid, a PNG quicklook, and a VRT mosaic of "
+        "all tiles. Windows overlap and blend across window and tile borders. --all resumes: "
+        "finished tiles are skipped. With a truth sample the written map is scored by region.",
+        epilog="examples:\n  miso-bench predict --run RUN_ID --all --out maps/rf\n"
+        "  miso-bench predict --run RUN_ID --tile AK050H49V24 --out maps/miso\n"
+        "  miso-bench predict --run RUN_ID --fold all --bbox -170000,1690000,-160000,1700000 "
+        "--out maps/ens\n  miso-bench predict --run RUN_ID --all --workers 4 --out maps/rf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("--run", required=True, help="run id (from `miso-bench run` or the UI)")
+    predict.add_argument(
+        "--fold",
+        default="final",
+        help="final (refit on all pedons), a fold number, or all (fold models averaged; "
+        "uncertainty = their spread) [default: final]",
+    )
+    predict.add_argument("--data", help="dataset to map [default: the run's own]")
+    where = predict.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--tile", action="append", metavar="ID", help="a tile (file name stem), repeatable"
+    )
+    where.add_argument(
+        "--bbox", type=_bbox, metavar="XMIN,YMIN,XMAX,YMAX", help="a box in the dataset's CRS"
+    )
+    where.add_argument("--all", action="store_true", help="every tile (resumable)")
+    predict.add_argument("--out", required=True, help="output folder (reused to resume)")
+    predict.add_argument(
+        "--stride-px",
+        type=_positive,
+        help="MISO: window stride in pixels [default: half a chip]",
+    )
+    predict.add_argument(
+        "--batch-size", type=_positive, default=16, help="MISO: windows per batch [default: 16]"
+    )
+    predict.add_argument(
+        "--probabilities", action="store_true", help="also write one probability band per class"
+    )
+    predict.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="Dask worker processes on this machine, one tile per task [default: 1, no Dask]",
+    )
+    predict.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler")
+    predict.add_argument(
+        "--log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log quicklooks and map-truth metrics to the model's MLflow run [default: --log]",
+    )
+    predict.add_argument("--tracking-uri", help="MLflow store [default: the local one]")
+    predict.set_defaults(func=_cmd_predict)
 
     lister = sub.add_parser(
         "list",

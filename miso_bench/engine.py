@@ -504,13 +504,24 @@ def fit_predict_fold(
             raise MisoBenchError(
                 f"model {inputs.model!r}: {exc} (fix: correct model.params)".replace("\n", " ")
             ) from exc
-    proba = model.predict_proba(inputs.X.iloc[spec.test])
+    X_test = inputs.X.iloc[spec.test]
     metrics: dict[str, float] = {}
+    if inputs.kind == "chips":
+        # One inference path: held-out pedons are scored with the map's value at their pixel
+        # (blended lattice windows); the chip centred on each pedon is a secondary figure.
+        proba = model.predict_points(X_test) if len(spec.test) else model.predict_proba(X_test)
+        if len(spec.test):
+            centred = classification_metrics(inputs.y[spec.test], model.predict_proba(X_test), task)
+            metrics[f"test/centred/{task.primary_metric}"] = centred[task.primary_metric]
+    else:
+        proba = model.predict_proba(X_test)
     if len(spec.test):
-        metrics = {
-            f"test/overall/{k}": v
-            for k, v in classification_metrics(inputs.y[spec.test], proba, task).items()
-        }
+        metrics.update(
+            {
+                f"test/overall/{k}": v
+                for k, v in classification_metrics(inputs.y[spec.test], proba, task).items()
+            }
+        )
     metrics["fold/n_train"] = float(len(spec.fit))
     metrics["fold/n_val"] = float(len(spec.val))
     metrics["fold/n_test"] = float(len(spec.test))

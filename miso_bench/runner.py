@@ -389,6 +389,7 @@ class _Folds:
     oof: np.ndarray
     fold_of: np.ndarray
     truth: list[dict[str, float]] = field(default_factory=list)
+    centred: list[float] = field(default_factory=list)
     resumed: list[int] = field(default_factory=list)
     run_ids: dict[int, str] = field(default_factory=dict)
 
@@ -455,6 +456,8 @@ class _Step:
                 folds.oof[test] = back
                 metrics = self.tracker.run_metrics(earlier)
                 folds.truth.append({k: v for k, v in metrics.items() if k.startswith("truth/")})
+                if f"test/centred/{task.primary_metric}" in metrics:
+                    folds.centred.append(metrics[f"test/centred/{task.primary_metric}"])
                 folds.resumed.append(f)
                 folds.run_ids[f] = earlier
                 self.reporter.fold_finished(name, resumed=True)
@@ -465,6 +468,8 @@ class _Step:
             child, result, truth = self._fit(name, tags, spec)
             folds.oof[test] = result.proba
             folds.truth.append(truth)
+            if f"test/centred/{task.primary_metric}" in result.metrics:
+                folds.centred.append(result.metrics[f"test/centred/{task.primary_metric}"])
             folds.run_ids[f] = child
             self.caught.tag(self.tracker, self.run_id)
             self.reporter.fold_finished(name)
@@ -486,6 +491,8 @@ class _Step:
                 metrics[f"test/overall/{primary}"] - truth_mean[f"truth/overall/{primary}"]
             )
         metrics.update(truth_mean)
+        if folds.centred:  # chip models: a chip centred on each pedon (not the map path)
+            metrics[f"cv_centred/{primary}"] = float(np.mean(folds.centred))
         metrics.update(diag.summary())
         metrics["data/n_pedons"] = float(len(inputs.table))
         metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)

@@ -108,3 +108,34 @@ def reproject_dataset(src: Path, dst: Path, crs: str, res: float) -> Path:
     manifest.update(crs=crs, res_m=res, name=f"{manifest['name']}-{crs.replace(':', '')}")
     (dst / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return dst
+
+
+def split_tiles_copy(src: Path, dst: Path, overlap_px: int = 0) -> Path:
+    """A copy whose rasters of every modality are each cut into a west and an east file on the
+    same grid (adjacent tiles, or overlapping by ``overlap_px`` columns)."""
+    shutil.copytree(src, dst)
+    manifest = yaml.safe_load((dst / "dataset.yaml").read_text())
+    for spec in manifest["modalities"].values():
+        for path in sorted((dst / spec["folder"]).glob("*.tif")):
+            with rasterio.open(path) as f:
+                data, profile = f.read(), f.profile.copy()
+            half = data.shape[2] // 2
+            cuts = {"W": (0, half + overlap_px), "E": (half, data.shape[2])}
+            if overlap_px:
+                cuts["E"] = (half - overlap_px, data.shape[2])
+            path.unlink()
+            for side, (c0, c1) in cuts.items():
+                t = profile["transform"]
+                part = {
+                    **profile,
+                    "width": c1 - c0,
+                    "transform": Affine(t.a, t.b, t.c + c0 * t.a, t.d, t.e, t.f),
+                }
+                part.pop("blockxsize", None)
+                part.pop("blockysize", None)
+                part["tiled"] = False
+                with rasterio.open(path.with_name(f"{path.stem}{side}.tif"), "w", **part) as out:
+                    out.write(data[:, :, c0:c1])
+        spec["glob"] = "*.tif"
+    (dst / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return dst

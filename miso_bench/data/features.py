@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from ..errors import DatasetError
 from .manifest import DatasetManifest, nodata_in_dtype, open_raster
 
-__all__ = ["extract_point_features"]
+__all__ = ["extract_point_features", "feature_table", "window_feature_table"]
 
 
 #: Points are read in groups that fall in the same square of this many pixels, so memory stays
@@ -247,4 +247,61 @@ def feature_table(
                 frame[name] = (frame[a] - frame[b]) / (frame[a] + frame[b])
     frame[COORD_COLUMNS[0]] = np.asarray(x, dtype=np.float64)
     frame[COORD_COLUMNS[1]] = np.asarray(y, dtype=np.float64)
+    return frame
+
+
+def window_feature_table(
+    manifest: DatasetManifest,
+    raw: np.ndarray,
+    band_names: Sequence[str],
+    window_px: int,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> pd.DataFrame:
+    """:func:`feature_table` at every pixel centre of a raster window (the map path of trees).
+
+    Args:
+        manifest: the dataset (which bands are categorical).
+        raw: float32 ``(C, h + 2k, w + 2k)`` band values on the dataset grid, NaN on no-data,
+            with a margin of ``k = window_px // 2`` pixels on every side (read from the
+            neighbouring data, as the point features read across tile borders).
+        band_names: the bands of ``raw``, in order.
+        window_px: 1, or the odd side of the window whose valid pixels are averaged.
+        x, y: ``(w,)`` and ``(h,)`` pixel-centre coordinates of the columns and rows.
+
+    Returns:
+        ``h * w`` rows (row-major), the columns of :func:`feature_table`; at the pixel centre of
+        a file on the dataset grid the values equal the point path's.
+    """
+    if window_px < 1 or window_px % 2 == 0:
+        raise ValueError(f"window_px must be a positive odd number, got {window_px}")
+    k = window_px // 2
+    h, w = raw.shape[1] - 2 * k, raw.shape[2] - 2 * k
+    values = raw.astype(np.float64)
+    centre = values[:, k : k + h, k : k + w]
+    if window_px > 1:
+        valid = ~np.isnan(values)
+        filled = np.where(valid, values, 0.0)
+
+        def box(a: np.ndarray) -> np.ndarray:
+            c = np.pad(a, ((0, 0), (1, 0), (1, 0))).cumsum(axis=1).cumsum(axis=2)
+            n = window_px
+            return c[:, n:, n:] - c[:, :-n, n:] - c[:, n:, :-n] + c[:, :-n, :-n]
+
+        count = box(valid.astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(count > 0, box(filled) / count, np.nan)
+        categorical = {b for spec in manifest.modalities.values() for b in spec.categorical}
+        keep = np.array([b in categorical for b in band_names])
+        means[keep] = centre[keep]
+    else:
+        means = centre
+    frame = pd.DataFrame({b: means[i].ravel() for i, b in enumerate(band_names)})
+    for name, (a, b) in SPECTRAL_INDICES.items():
+        if a in frame and b in frame:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frame[name] = (frame[a] - frame[b]) / (frame[a] + frame[b])
+    gx, gy = np.meshgrid(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    frame[COORD_COLUMNS[0]] = gx.ravel()
+    frame[COORD_COLUMNS[1]] = gy.ravel()
     return frame

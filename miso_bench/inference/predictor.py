@@ -39,10 +39,13 @@ class Predictor:
         run_id: the MLflow run that holds the model.
     """
 
-    def __init__(self, model: Any, record: dict[str, Any], run_id: str = "") -> None:
+    def __init__(
+        self, model: Any, record: dict[str, Any], run_id: str = "", folder: Path | None = None
+    ) -> None:
         self.model = model
         self.record = record
         self.run_id = run_id
+        self.folder = folder
 
     @property
     def kind(self) -> str:
@@ -79,16 +82,17 @@ class Predictor:
         data: str | Path | DatasetManifest,
         x: np.ndarray,
         y: np.ndarray,
-        how: str = "pedon",
+        how: str = "map",
     ) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` at points ``(x, y)`` of a dataset.
 
         Args:
             data: a dataset folder (or manifest) on the model's CRS with its bands.
             x, y: coordinates in the model's CRS (:attr:`crs`).
-            how: chip models only: ``pedon`` decodes a chip centred on each point (as
-                cross-validation does), ``tiles`` decodes every point from the grid tile that
-                holds it (as the truth sample is scored).
+            how: chip models only: ``map`` (default) gives the map's value at the point's
+                pixel (blended lattice windows: what cross-validation, the truth sample and
+                ``miso-bench predict`` use); ``pedon`` decodes one chip centred on each point
+                (the secondary ``centred`` figure).
         """
         manifest = self._manifest(data)
         x = np.asarray(x, dtype=np.float64)
@@ -96,8 +100,8 @@ class Predictor:
         if self.kind == "tabular":
             feats = feature_table(manifest, x, y, window_px=int(self.record["window_px"]))
             return np.asarray(self.model.predict_proba(feats[self.record["feature_columns"]]))
-        if how not in ("pedon", "tiles"):
-            raise MisoBenchError(f"how must be 'pedon' or 'tiles', got {how!r}")
+        if how not in ("map", "pedon"):
+            raise MisoBenchError(f"how must be 'map' or 'pedon', got {how!r}")
         from ..data.chips import ChipSource
 
         self.model.attach(ChipSource(manifest))
@@ -138,4 +142,4 @@ def load_model(
         download_run_artifact(model_run, "model", target, tracking_uri)
     model, record = load_fitted(folder)
     json.dumps(record)  # a record that cannot round-trip is a defect
-    return Predictor(model, record, model_run)
+    return Predictor(model, record, model_run, folder)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -370,6 +370,48 @@ def _client(uri: str | None) -> Any:
 def open_client(uri: str | None = None) -> Any:
     """An :class:`mlflow.tracking.MlflowClient` on ``uri`` (default: the local store)."""
     return _client(uri)
+
+
+def run_tags(run_id: str, uri: str | None = None) -> dict[str, str]:
+    """The tags of a run.
+
+    Raises:
+        MisoBenchError: no such run in the store.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client(uri).get_run(run_id).data.tags)
+    except MlflowException as exc:
+        raise MisoBenchError(
+            f"no MLflow run {run_id!r} in {uri or default_tracking_uri()} (fix: copy the run "
+            "id from `miso-bench run`'s output or the MLflow UI; pass --tracking-uri for "
+            "another store)"
+        ) from exc
+
+
+def log_to_run(
+    run_id: str,
+    *,
+    files: Sequence[tuple[str | Path, str]] = (),
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+) -> None:
+    """Add files (``(path, artifact folder)``), finite metrics and tags to a finished run."""
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(uri)
+    for path, folder in files:
+        client.log_artifact(run_id, str(path), folder)
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if np.isfinite(float(v))
+    ]
+    for start in range(0, len(items), 900):
+        client.log_batch(run_id, metrics=items[start : start + 900])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def find_model_run(run_id: str, fold: str, uri: str | None = None) -> str:

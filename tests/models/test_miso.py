@@ -426,7 +426,7 @@ def test_saved_model_predicts_the_same_and_decodes_windows(context, pedons, tmp_
     np.testing.assert_allclose(
         loaded.predict_proba(X.iloc[40:50]), model.predict_proba(X.iloc[40:50]), atol=1e-5
     )
-    # decode_window on a grid tile equals the tile path of predict_points at pixel centres.
+    # decode_window decodes one window; the map path blends the lattice's windows.
     grid = context.source.grid
     r, c = grid.pixel_of(X["coord_x"].to_numpy()[:1], X["coord_y"].to_numpy()[:1])
     r0, c0 = int(r[0] // 32 * 32), int(c[0] // 32 * 32)
@@ -439,7 +439,9 @@ def test_saved_model_predicts_the_same_and_decodes_windows(context, pedons, tmp_
     pts = pd.DataFrame(
         {"coord_x": xmin + (cols + 0.5) * grid.res, "coord_y": ymax - (rows + 0.5) * grid.res}
     )
-    np.testing.assert_allclose(loaded.predict_points(pts), probs[:, rows, cols].T, atol=1e-5)
+    region, _ = loaded.decode_region(r0, c0, 32, 32)
+    np.testing.assert_allclose(region.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict_points(pts), region[:, rows, cols].T, atol=1e-5)
     with pytest.raises(MisoBenchError, match="bands"):
         loaded.decode_window(image[:5], valid[:5], grid.bounds_of(r0, c0, 32, 32))
     # Another pixel size would show another area in a chip: refused.

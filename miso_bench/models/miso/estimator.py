@@ -5,11 +5,13 @@ Per fit the engine passes a feature table whose rows are pedons (index: pedon id
 ``coord_x``/``coord_y`` in the dataset CRS), the labels, the inner validation split and a
 :class:`~miso_bench.models.base.FoldContext` (the chip source, the coordinates no training
 chip may cover, a checkpoint folder, a per-epoch callback). The estimator cuts chips around the
-pedons, trains with the inner validation split for model selection (the last epoch without
-one), and predicts pedons with centred chips (:meth:`predict_proba`) or many points per chip
-through the implicit decoder (:meth:`predict_points`, :meth:`decode_window`: the truth sample
-and maps). A trained model saves its weights, normalisation statistics, grid and location
-normaliser, and predicts again after :func:`~miso_bench.models.base.load_fitted`.
+pedons and trains with the inner validation split for model selection (the last epoch without
+one). It predicts through the map path: overlapping windows of a global lattice, blended
+(:meth:`decode_region` for maps, :meth:`predict_points` for the same values at points, as
+cross-validation and the truth sample use); :meth:`predict_proba` decodes one chip centred on
+each pedon (a secondary figure). A trained model saves its weights, normalisation statistics,
+grid and location normaliser, and predicts again after
+:func:`~miso_bench.models.base.load_fitted`.
 """
 
 from __future__ import annotations
@@ -691,62 +693,208 @@ class MisoModel(ChipModel):
         bounds: torch.Tensor,
         q: torch.Tensor,
         chunk: int = 16384,
-    ) -> np.ndarray:
-        """Encode chips once and decode their queries ``(B, N, 2)`` in chunks of queries."""
+        embed: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Encode chips once and decode their queries ``(B, N, 2)`` in chunks of queries.
+
+        Returns:
+            probabilities ``(B, N, n_classes)`` and, with ``embed``, the embedding the head
+            reads ``(B, N, dim)`` (float32), else None.
+        """
         device = self._device()
         net: MisoNet = self.net_  # type: ignore[assignment]
         s2, cov = self._inputs(images, valids)
         feats = net.encode(s2.to(device), None if cov is None else cov.to(device))
         loc = self._loc(bounds, q)
-        parts = []
+        parts, embs = [], []
         for start in range(0, q.shape[1], chunk):
             qq = q[:, start : start + chunk]
-            logits = net.decode(feats, qq.to(device), loc[:, start : start + chunk].to(device))[
-                "logits"
-            ]
-            parts.append(self._probs(logits))
-        return np.concatenate(parts, axis=1)
+            out = net.decode(feats, qq.to(device), loc[:, start : start + chunk].to(device))
+            parts.append(self._probs(out["logits"]))
+            if embed:
+                emb = out["visual_emb"] if "visual_emb" in out else out["geo_emb"]
+                embs.append(emb.float().cpu().numpy())
+        probs = np.concatenate(parts, axis=1)
+        return probs, (np.concatenate(embs, axis=1) if embed else None)
+
+    def map_stride(self, stride: int | None = None) -> int:
+        """The window stride of the map path (default: half a chip)."""
+        from .tiling import check_stride
+
+        try:
+            return check_stride(self._size, stride)
+        except ValueError as exc:
+            raise MisoBenchError(f"--stride-px: {exc}") from exc
 
     @torch.no_grad()
-    def predict_points(self, X: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
-        """Probabilities for many points: one chip per grid tile answers all its points.
+    def decode_region(
+        self,
+        r0: int,
+        c0: int,
+        h: int,
+        w: int,
+        stride: int | None = None,
+        batch_size: int = 16,
+        embed: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The map path: blended probabilities at every pixel centre of a region of the grid.
 
-        Points are grouped by the ``chip_size_px`` tile of the raster grid that contains them;
-        each tile is encoded once and its points are decoded by the implicit decoder. This
-        is how the truth sample is scored.
+        The region's pixels are decoded from every window of the global lattice that covers
+        them (see :mod:`~miso_bench.models.miso.tiling`), reading neighbouring data across any
+        tile border; each window is encoded once and decodes only the region's pixels.
+
+        Args:
+            r0, c0: global row and column of the region's upper-left pixel.
+            h, w: its size in pixels.
+            stride: window stride in pixels (default: half a chip).
+            batch_size: windows encoded together.
+            embed: also return the blended embedding (for the area of applicability).
+
+        Returns:
+            float32 ``(n_classes, h, w)`` probabilities and, with ``embed``, float32
+            ``(dim, h, w)`` embeddings.
         """
+        from .tiling import blend_weights, lattice_range
+
         self._check_ready()
         self.net_.eval()
-        x, y = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
-        grid, size = self._grid, self._size
-        row, col = grid.pixel_of(x, y)
-        tr, tc = row // size, col // size
-        keys, inverse = np.unique(np.stack([tr, tc], axis=1), axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")
-        bounds_of = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
-        out = np.zeros((len(x), self.n_classes))
-        for start in range(0, len(keys), batch_size):
-            tiles = range(start, min(start + batch_size, len(keys)))
-            images, valids, bounds, members = [], [], [], []
-            for t in tiles:
-                r0, c0 = int(keys[t, 0] * size), int(keys[t, 1] * size)
-                image, valid = self._source.window(r0, c0, size, size)
+        size, grid = self._size, self._grid
+        stride = self.map_stride(stride)
+        wt = blend_weights(size)
+        acc = np.zeros((self.n_classes, h, w), dtype=np.float32)
+        acc_emb: np.ndarray | None = None
+        total = np.zeros((h, w), dtype=np.float32)
+        windows = [
+            (i * stride, j * stride)
+            for i in lattice_range(r0, h, size, stride)
+            for j in lattice_range(c0, w, size, stride)
+        ]
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            images, valids, bounds, spans = [], [], [], []
+            for wr, wc in batch:
+                image, valid = self._source.window(wr, wc, size, size)
                 images.append(torch.from_numpy(image))
                 valids.append(torch.from_numpy(valid))
-                bounds.append(torch.tensor(grid.bounds_of(r0, c0, size, size), dtype=torch.float64))
-                members.append(order[bounds_of[t] : bounds_of[t + 1]])
-            n_max = max(len(m) for m in members)
-            q = torch.zeros(len(members), n_max, 2)
-            bt = torch.stack(bounds)
+                bounds.append(grid.bounds_of(wr, wc, size, size))
+                rr0, rr1 = max(wr, r0), min(wr + size, r0 + h)
+                cc0, cc1 = max(wc, c0), min(wc + size, c0 + w)
+                spans.append((rr0, rr1, cc0, cc1))
+            n_max = max((a1 - a0) * (b1 - b0) for a0, a1, b0, b1 in spans)
+            q = torch.zeros(len(batch), n_max, 2)
+            for k, ((wr, wc), (rr0, rr1, cc0, cc1)) in enumerate(zip(batch, spans, strict=True)):
+                rows, cols = np.meshgrid(
+                    np.arange(rr0, rr1) - wr, np.arange(cc0, cc1) - wc, indexing="ij"
+                )
+                qk = np.stack(
+                    [(2 * cols.ravel() + 1) / size - 1, (2 * rows.ravel() + 1) / size - 1], axis=1
+                )
+                q[k, : len(qk)] = torch.from_numpy(qk.astype(np.float32))
+            probs, emb = self._decode(
+                torch.stack(images),
+                torch.stack(valids),
+                torch.tensor(bounds, dtype=torch.float64),
+                q,
+                embed=embed,
+            )
+            for k, ((wr, wc), (rr0, rr1, cc0, cc1)) in enumerate(zip(batch, spans, strict=True)):
+                hh, ww = rr1 - rr0, cc1 - cc0
+                weight = np.outer(wt[rr0 - wr : rr1 - wr], wt[cc0 - wc : cc1 - wc])
+                weight = weight.astype(np.float32)
+                region = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
+                pk = probs[k, : hh * ww].T.reshape(self.n_classes, hh, ww)
+                acc[:, region[0], region[1]] += weight * pk.astype(np.float32)
+                total[region] += weight
+                if emb is not None:
+                    ek = emb[k, : hh * ww].T.reshape(-1, hh, ww)
+                    if acc_emb is None:
+                        acc_emb = np.zeros((ek.shape[0], h, w), dtype=np.float32)
+                    acc_emb[:, region[0], region[1]] += weight * ek
+        acc /= total
+        if acc_emb is not None:
+            acc_emb /= total
+        return acc, acc_emb
+
+    @torch.no_grad()
+    def predict_points(
+        self,
+        X: pd.DataFrame,
+        batch_size: int = 16,
+        stride: int | None = None,
+        embed: bool = False,
+    ) -> Any:
+        """The map's value at points: the blended prediction of the pixels that hold them.
+
+        Each point's pixel is decoded, at its centre, from every lattice window that covers
+        it, with the map's blending weights: exactly the value :meth:`decode_region` gives that
+        pixel (the truth sample, cross-validation and maps share this path). Windows shared by
+        several points are encoded once.
+
+        Returns:
+            ``(n, n_classes)`` probabilities; with ``embed``, also ``(n, dim)`` embeddings.
+        """
+        from .tiling import blend_weights, lattice_range
+
+        self._check_ready()
+        self.net_.eval()
+        size, grid = self._size, self._grid
+        stride = self.map_stride(stride)
+        wt = blend_weights(size)
+        x, y = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
+        n = len(x)
+        out = np.zeros((n, self.n_classes))
+        out_emb: np.ndarray | None = None
+        total = np.zeros(n)
+        if n == 0:
+            return (out, np.zeros((0, 0))) if embed else out
+        row, col = grid.pixel_of(x, y)
+        pairs = [
+            (p, i * stride, j * stride)
+            for p in range(n)
+            for i in lattice_range(int(row[p]), 1, size, stride)
+            for j in lattice_range(int(col[p]), 1, size, stride)
+        ]
+        pair = np.array(pairs, dtype=np.int64)
+        keys, inverse = np.unique(pair[:, 1:], axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        order = np.argsort(inverse, kind="stable")
+        cuts = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
+        for start in range(0, len(keys), batch_size):
+            ks = range(start, min(start + batch_size, len(keys)))
+            images, valids, bounds, members = [], [], [], []
+            for t in ks:
+                wr, wc = int(keys[t, 0]), int(keys[t, 1])
+                image, valid = self._source.window(wr, wc, size, size)
+                images.append(torch.from_numpy(image))
+                valids.append(torch.from_numpy(valid))
+                bounds.append(grid.bounds_of(wr, wc, size, size))
+                members.append(pair[order[cuts[t] : cuts[t + 1]], 0])
+            q = torch.zeros(len(members), max(len(m) for m in members), 2)
+            weights = []
+            for k, (t, m) in enumerate(zip(ks, members, strict=True)):
+                ur, uc = row[m] - keys[t, 0], col[m] - keys[t, 1]
+                qk = np.stack([(2 * uc + 1) / size - 1, (2 * ur + 1) / size - 1], axis=1)
+                q[k, : len(m)] = torch.from_numpy(qk.astype(np.float32))
+                weights.append(wt[ur] * wt[uc])
+            probs, emb = self._decode(
+                torch.stack(images),
+                torch.stack(valids),
+                torch.tensor(bounds, dtype=torch.float64),
+                q,
+                embed=embed,
+            )
             for k, m in enumerate(members):
-                b = bt[k].tolist()
-                qx = 2 * (x[m] - b[0]) / (b[1] - b[0]) - 1
-                qy = 2 * (b[3] - y[m]) / (b[3] - b[2]) - 1
-                q[k, : len(m)] = torch.from_numpy(np.stack([qx, qy], axis=1)).float()
-            probs = self._decode(torch.stack(images), torch.stack(valids), bt, q)
-            for k, m in enumerate(members):
-                out[m] = probs[k, : len(m)]
+                wk = weights[k]
+                np.add.at(out, m, wk[:, None] * probs[k, : len(m)])
+                np.add.at(total, m, wk)
+                if emb is not None:
+                    if out_emb is None:
+                        out_emb = np.zeros((n, emb.shape[-1]))
+                    np.add.at(out_emb, m, wk[:, None] * emb[k, : len(m)])
+        out /= total[:, None]
+        if embed:
+            assert out_emb is not None
+            return out, out_emb / total[:, None]
         return out
 
     @torch.no_grad()
@@ -785,13 +933,13 @@ class MisoModel(ChipModel):
         _, h, w = image.shape
         rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         q = np.stack([(2 * cols.ravel() + 1) / w - 1, (2 * rows.ravel() + 1) / h - 1], axis=1)
-        probs = self._decode(
+        probs, _ = self._decode(
             torch.from_numpy(np.where(valid, image, 0.0).astype(np.float32))[None],
             torch.from_numpy(valid)[None],
             torch.tensor([bounds], dtype=torch.float64),
             torch.from_numpy(q.astype(np.float32))[None],
-        )[0]
-        return probs.T.reshape(self.n_classes, h, w)
+        )
+        return probs[0].T.reshape(self.n_classes, h, w)
 
     # --- saved state --------------------------------------------------------------------
     def save_state(self, folder: Path) -> dict[str, Any]:
