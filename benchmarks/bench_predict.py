@@ -36,14 +36,14 @@ LAND_PIXELS = 1.48e10
 TILE_PX = 5000 * 5000
 
 
-def _train(model: str, preset: str, uri: str) -> str:
+def _train(model: str, preset: str, uri: str, data: str | None = None) -> str:
     from miso_bench.config import resolve_config
     from miso_bench.runner import run_benchmark
 
     sets = [
-        f"data.preset={preset}",
+        f"data.path={data}" if data else f"data.preset={preset}",
         f"model.name={model}",
-        "task=pf1m",
+        "task=label" if data else "task=pf1m",
         "cv.n_splits=2",
         "eval.n_boot=20",
         "eval.truth=false",
@@ -152,6 +152,13 @@ def main() -> None:
     parser.add_argument("--preset", default="default", choices=["tiny", "default", "paper"])
     parser.add_argument("--miso-px", type=int, default=128, help="side of MISO's timed region")
     parser.add_argument("--models", default="rf,xgboost,miso")
+    parser.add_argument(
+        "--fullsize",
+        action="store_true",
+        help="also map one full-size 5000 x 5000 px, 19-band tile with rf (written by "
+        "bench_data.py's generator into --scratch; about 1 GB)",
+    )
+    parser.add_argument("--scratch", help="folder of the full-size tile [default: a temp dir]")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "RUN", "URI"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,12 +197,33 @@ def main() -> None:
             raise SystemExit(f"{model}: the mapping process failed")
         rows.append(json.loads(lines[-1][len("RESULT ") :]))
 
+    if args.fullsize:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_data import write_fullsize
+
+        scratch = Path(args.scratch or Path(tempfile.gettempdir()) / "miso-bench-fullsize-1")
+        root = write_fullsize(scratch, tiles=1)
+        run_id = _train("rf", args.preset, uri, data=str(root))
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", "rf", run_id, uri, "--out", str(tmp / "full")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-2000:], proc.stderr[-4000:])
+            raise SystemExit("fullsize: the mapping process failed")
+        row = json.loads(lines[-1][len("RESULT ") :])
+        row["model"] = "rf (5000²)"
+        rows.append(row)
+
     print(f"\nMap throughput ({os.cpu_count()} cores, CPU only), preset {args.preset}:")
-    print(f"{'model':<10}{'tiles':>6}{'pixels':>12}{'px/s':>10}{'km²/h':>9}{'peak RSS':>11}")
+    print(f"{'model':<12}{'tiles':>6}{'pixels':>12}{'px/s':>10}{'km²/h':>9}{'peak RSS':>11}")
     for r in rows:
         km2_h = r["px_s"] * 3600 * 100 / 1e6
         print(
-            f"{r['model']:<10}{r['tiles']:>6}{r['pixels']:>12,}{r['px_s']:>10,.0f}"
+            f"{r['model']:<12}{r['tiles']:>6}{r['pixels']:>12,}{r['px_s']:>10,.0f}"
             f"{km2_h:>9,.0f}{r['peak_rss_mb']:>8,.0f} MB"
         )
     for r in rows:
@@ -208,10 +236,10 @@ def main() -> None:
                 f"(max |difference| {r['max_abs_diff']:.1e})"
             )
     print(f"\nStatewide plan ({LAND_PIXELS:.2e} land pixels, ~{LAND_PIXELS / TILE_PX:.0f} tiles):")
-    print(f"{'model':<10}{'1 process here':>16}{'8 workers':>12}{'64 workers':>12}")
+    print(f"{'model':<12}{'1 process here':>16}{'8 workers':>12}{'64 workers':>12}")
     for r in rows:
         hours = LAND_PIXELS / r["px_s"] / 3600
-        print(f"{r['model']:<10}{hours:>14,.0f} h{hours / 8:>10,.1f} h{hours / 64:>10,.1f} h")
+        print(f"{r['model']:<12}{hours:>14,.0f} h{hours / 8:>10,.1f} h{hours / 64:>10,.1f} h")
     print(
         "(N workers: tiles are independent Dask tasks; assumes each worker runs as fast as one "
         "process here. GPU: not measured in this run.)"

@@ -26,7 +26,7 @@ __all__ = ["AOAReference"]
 #: Training points the mean pairwise distance is computed over (a seeded sample above this).
 MAX_PAIR_POINTS = 5000
 #: Rows whose nearest neighbour is searched at once (bounded memory).
-CHUNK_ROWS = 16384
+CHUNK_ROWS = 4096
 
 
 def _nearest(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:

@@ -807,16 +807,24 @@ def _run_dask(
         raise MisoBenchError(
             "Dask is not installed (fix: pip install 'dask[distributed]')"
         ) from exc
+    import shutil
+    import tempfile
+
     from tqdm.auto import tqdm
 
     cluster = None
+    scratch = None
     if scheduler is None:
+        # One single-threaded worker process per tile task (Dask sets OMP/BLAS threads to 1);
+        # its spill folder is removed afterwards.
+        scratch = tempfile.mkdtemp(prefix="miso-bench-dask-")
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             silence_logs=40,
+            local_directory=scratch,
         )
         client = Client(cluster)
     else:
@@ -841,6 +849,8 @@ def _run_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

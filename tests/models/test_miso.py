@@ -321,11 +321,13 @@ def test_miso_runs_under_the_benchmark_runner_and_loads_back(tiny_dir, home):
     )
     result = run_benchmark(cfg, announce=lambda m: None)
     assert "test/overall/f1_pos" in result.metrics and "truth/overall/f1_pos" in result.metrics
+    assert "cv_centred/f1_pos" in result.metrics  # the centred chip, kept as a second figure
     run = MlflowClient(result.tracking_uri).get_run(result.run_id)
     assert run.data.tags["miso_preset"] == "cpu"
     assert run.data.tags["pretrained_weights"] == "none"
     assert not (home / "checkpoints").exists() or not any((home / "checkpoints").rglob("*.pt"))
-    # A fold's saved model, loaded back, reproduces its out-of-fold probabilities.
+    # A fold's saved model, loaded back, reproduces its out-of-fold probabilities: CV scored
+    # held-out pedons through the map path (blended lattice windows at their pixels).
     from miso_bench import load_model
 
     client = MlflowClient(result.tracking_uri)
