@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_miso.py
 	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf .miso-bench .pytest_cache .mypy_cache .ruff_cache

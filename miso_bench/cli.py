@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -830,6 +831,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -170000,...`` as ``--bbox=-170000,...`` (argparse reads a value starting with
+    a minus sign as an option; western longitudes and many projected x are negative)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--bbox" and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+            out.append(f"--bbox={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM (``kill``, batch schedulers) ends a command like Ctrl-C does."""
     raise KeyboardInterrupt
@@ -838,6 +854,7 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``miso-bench`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors

@@ -367,6 +367,8 @@ def test_predict_cli_and_its_errors(rf_run, env, tmp_path, capsys):
     assert "xmin,ymin,xmax,ymax" in capsys.readouterr().err
     assert main([*base, "--bbox", "0,0,10,10"]) == 2
     assert "does not overlap" in capsys.readouterr().err
+    assert main([*base, "--bbox", "-10,-10,-5,-5"]) == 2  # a negative value is not an option
+    assert "does not overlap" in capsys.readouterr().err
     assert (
         main(["predict", "--run", "nope", "--tracking-uri", env["uri"], "--out", "x", "--all"]) == 2
     )
