@@ -180,6 +180,12 @@ class MapModel:
         feats = feature_table(manifest, x, y, window_px=int(self.record["window_px"]))
         return feats[self.record["feature_columns"]].to_numpy(dtype=np.float64)
 
+    def predictor_width(self) -> int:
+        """Columns of the AOA predictors (MISO: its embedding width)."""
+        if self.kind == "chips":
+            return int(self.predictor.model.net_.cfg.dim)
+        return len(self.record["feature_columns"])
+
     def importance(self) -> np.ndarray | None:
         """Predictor weights for the AOA: the trees' feature importances (None: equal)."""
         model = self.predictor.model
@@ -274,8 +280,9 @@ def tile_done(out_dir: Path, name: str, key: str) -> bool:
     if record.get("key") != key:
         raise MisoBenchError(
             f"{out_dir}: tile {name} there was mapped by another request (run "
-            f"{record.get('run_id')}, fold {record.get('fold')}) (fix: give another --out, or "
-            "delete the folder to map again)"
+            f"{record.get('run_id')}, fold {record.get('fold')}; a different run, fold, "
+            "dataset, --stride-px or --probabilities gives a different request) (fix: give "
+            "another --out, or delete the folder to map again)"
         )
     return paths["class"].is_file() and paths["stats"].is_file()
 
@@ -308,11 +315,8 @@ def run_tile(job: TileJob, progress: Callable[[int], None] | None = None) -> dic
         bands,
         job.tags,
     )
-    dims = [
-        int((getattr(m.predictor.model, "net_", None) and m.predictor.model.net_.cfg.dim) or 0)
-        for m in models
-    ]
-    block = BLOCK_PX if max(dims, default=0) <= 256 else BLOCK_PX // 2
+    widest = max(m.predictor_width() for m in models)
+    block = BLOCK_PX if widest <= 256 else BLOCK_PX // 2  # (dim, block, block) float32
     counts = np.zeros(k, dtype=np.int64)
     n_mapped = n_inside = 0
     try:
