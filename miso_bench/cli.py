@@ -122,10 +122,38 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     problems = check_dataset(path)
     for p in problems:
         print(p)
-    if problems:
-        print(f"{len(problems)} problem(s) found in {path}", file=sys.stderr)
+    errors = [p for p in problems if p.is_error]
+    if errors:
+        print(f"{len(errors)} problem(s) found in {path}", file=sys.stderr)
         return 2
-    print(f"OK: {path} matches its manifest (no problem found)")
+    notes = len(problems)
+    print(
+        f"OK: {path} matches its manifest ("
+        + (f"{notes} note(s) above" if notes else "no problem found")
+        + ")"
+    )
+    return 0
+
+
+def _cmd_data_init(args: argparse.Namespace) -> int:
+    from .data.init import draft_manifest
+
+    draft = draft_manifest(
+        args.folder, out=args.out, points=args.points, max_per_polygon=args.max_per_polygon
+    )
+    print(f"Wrote {draft.written[0]}" + "".join(f"\n  and {p}" for p in draft.written[1:]))
+    print("What it guessed:")
+    for line in draft.guesses:
+        print(f"  - {line}")
+    if draft.checks:
+        print("What to check:")
+        for line in draft.checks:
+            print(f"  - {line}")
+    print(
+        f"Next: miso-bench data check {draft.written[0]}\n"
+        f"      miso-bench run --model rf --data {draft.written[0]} --task "
+        f"{next(iter(draft.manifest['pedons']['labels']))}"
+    )
     return 0
 
 
@@ -624,6 +652,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset folder or dataset.yaml [default: the embedded synthetic dataset]",
     )
     check.set_defaults(func=_cmd_data_check)
+
+    init = dsub.add_parser(
+        "init",
+        help="draft a manifest from a folder of rasters and a point file",
+        description="Draft dataset.yaml from a folder of GeoTIFFs and a point (or polygon) "
+        "file without asking anything: CRS, resolution, band names, no-data, dtype, likely "
+        "categorical bands, label columns and their classes. Prints what it guessed and "
+        "what to check; then run `data check` and `run`.",
+    )
+    init.add_argument("folder", help="folder of the rasters (searched recursively)")
+    init.add_argument("--out", help="manifest to write [default: FOLDER/dataset.yaml]")
+    init.add_argument("--points", help="the point or polygon file [default: the only one]")
+    init.add_argument(
+        "--max-per-polygon",
+        type=_positive,
+        default=200,
+        help="polygon labels: most pixel-centre points drawn per polygon [default: 200]",
+    )
+    init.set_defaults(func=_cmd_data_init)
 
     run = sub.add_parser(
         "run",

@@ -1,7 +1,9 @@
 """Validate a dataset against its manifest and report every problem, one line each.
 
 Each :class:`Problem` names the file, the field and the fix. ``miso-bench data check`` prints
-them and exits with code 2 when there is any.
+them and exits with code 2 when there is any error. Facts of the data that runs handle by
+themselves (some pedons outside every raster, which runs drop and count; pedons on no-data,
+which trees read as missing values and MISO masks) are *notes*: printed, not failing.
 """
 
 from __future__ import annotations
@@ -33,9 +35,16 @@ class Problem:
     field: str
     problem: str
     fix: str
+    severity: str = "error"
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.problem} (fix: {self.fix})"
+        note = "note: " if self.severity == "note" else ""
+        return f"{note}{self.file}: {self.field}: {self.problem} (fix: {self.fix})"
+
+    @property
+    def is_error(self) -> bool:
+        """An error (``data check`` fails), not a note."""
+        return self.severity == "error"
 
     @classmethod
     def from_error(cls, exc: DatasetError | ManifestError) -> Problem:
@@ -310,8 +319,10 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
                     file,
                     f"modalities.{name}",
                     f"{all_nodata.sum()} pedons lie on no-data pixels of `{name}` "
-                    f"(ids {_examples(bad.tolist())})",
+                    f"(ids {_examples(bad.tolist())}; trees read missing values there, MISO "
+                    "masks them)",
                     "fill the gaps or exclude these pedons",
+                    "note",
                 )
             )
         partial = values[~all_nodata].isna()
@@ -323,6 +334,7 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
                     f"modalities.{name}.bands ({band})",
                     f"{n} pedons lie on no-data of band `{band}` only",
                     "fill the band or leave it out of the model's features",
+                    "note",
                 )
             )
     if any(usable.values()):
@@ -339,13 +351,18 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
                     )
                 )
         if outside_all.any():
+            every = bool(outside_all.all())
             out.append(
                 Problem(
                     file,
                     "geometry",
                     f"{outside_all.sum()} pedons lie outside all rasters "
-                    f"(ids {_examples(ok_ids[outside_all].tolist())})",
-                    "extend the rasters or drop these pedons",
+                    f"(ids {_examples(ok_ids[outside_all].tolist())})"
+                    + ("" if every else "; runs leave them out and count them"),
+                    "extend the rasters or drop these pedons"
+                    if not every
+                    else "check the pedons' CRS and that the rasters cover them",
+                    "error" if every else "note",
                 )
             )
 

@@ -52,6 +52,9 @@ class ModalitySpec:
         dtype: on-disk data type.
         res_m: native resolution in CRS units (defaults to the dataset's).
         categorical: names of bands holding class codes (nearest resampling, no scaling).
+        scale: factor from the stored values to the units models expect; for Sentinel-2,
+            L2A digital numbers (reflectance x 10,000): ``scale: 10000`` for reflectance
+            stored as 0-1. Only MISO's image encoder applies it (trees are scale-free).
     """
 
     name: str
@@ -62,6 +65,7 @@ class ModalitySpec:
     dtype: str
     res_m: float
     categorical: tuple[str, ...] = ()
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ class DatasetManifest:
                 entry["res_m"] = m.res_m
             if m.categorical:
                 entry["categorical"] = list(m.categorical)
+            if m.scale != 1.0:
+                entry["scale"] = m.scale
             out["modalities"][m.name] = entry
         p = self.pedons
         ped: dict[str, Any] = {"file": p.file, "id_column": p.id_column}
@@ -369,7 +375,12 @@ def load_manifest(path: str | Path) -> DatasetManifest:
     for name, value in mods.items():
         fld = f"modalities.{name}"
         m = r.mapping(value, fld)
-        r.keys(m, fld, {"folder", "bands"}, {"glob", "nodata", "dtype", "res_m", "categorical"})
+        r.keys(
+            m,
+            fld,
+            {"folder", "bands"},
+            {"glob", "nodata", "dtype", "res_m", "categorical", "scale"},
+        )
         bands = r.str_list(m["bands"], f"{fld}.bands")
         dtype = str(m.get("dtype", "float32"))
         if dtype not in _DTYPES:
@@ -398,6 +409,7 @@ def load_manifest(path: str | Path) -> DatasetManifest:
             dtype=dtype,
             res_m=r.number(m.get("res_m", res_m), f"{fld}.res_m", positive=True),
             categorical=categorical,
+            scale=r.number(m.get("scale", 1.0), f"{fld}.scale", positive=True),
         )
     all_bands = [b for spec in modalities.values() for b in spec.bands]
     dupes = sorted({b for b in all_bands if all_bands.count(b) > 1})

@@ -81,6 +81,34 @@ def _nodata(root: Path) -> None:
     edit_pedons(root, move_first_to(cloud_point(root)))
 
 
+def _all_outside(root: Path) -> None:
+    def change(g):
+        return g.set_geometry(g.geometry.translate(5e6, 5e6))
+
+    edit_pedons(root, change)
+
+
+# Facts of the data that runs handle (they drop and count such pedons, or read missing
+# values): reported as notes, and the check passes.
+NOTES = {
+    "some pedons outside all rasters": (_outside, "outside all rasters"),
+    "on no-data": (_nodata, "no-data pixels of `sentinel2`"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOTES))
+def test_data_facts_are_notes_not_failures(tiny_copy, capsys, case):
+    breaker, text = NOTES[case]
+    breaker(tiny_copy)
+    problems = check_dataset(tiny_copy)
+    found = [p for p in problems if text in p.problem]
+    assert found and all(not p.is_error for p in found)
+    assert main(["data", "check", str(tiny_copy)]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("note: ") and text in line for line in out.splitlines())
+    assert "OK" in out and "note(s)" in out
+
+
 def _unknown(root: Path) -> None:
     def change(g):
         g.loc[g.index[:3], "tax_order"] = "Alfisols"
@@ -155,8 +183,7 @@ CASES = {
     "crs mismatch": (_crs, "terrain", "differs from the dataset CRS"),
     "resolution mismatch": (_res, "climate", "resolution 20 x 20"),
     "wrong band count": (_bands, "terrain", "6 bands"),
-    "outside all rasters": (_outside, "pedons.gpkg", "outside all rasters"),
-    "on no-data": (_nodata, "pedons.gpkg", "no-data pixels of `sentinel2`"),
+    "every pedon outside all rasters": (_all_outside, "pedons.gpkg", "outside all rasters"),
     "unknown class labels": (_unknown, "pedons.gpkg", "Alfisols"),
     "duplicate ids": (_dupes, "pedons.gpkg", "duplicate ids"),
     "unreadable file": (_unreadable, "sentinel2", "unreadable raster"),

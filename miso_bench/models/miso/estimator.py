@@ -227,11 +227,16 @@ class MisoModel(ChipModel):
     def attach(self, source: ChipSource) -> MisoModel:
         """Read chips from ``source``: a dataset with the bands, CRS and grid the model was
         trained on (checked for a loaded model)."""
-        if S2_MODALITY not in source.manifest.modalities:
-            raise MisoBenchError(
-                f"{source.manifest.path}: MISO needs a `{S2_MODALITY}` modality (9 bands "
-                f"in Satlas order); this dataset has {sorted(source.manifest.modalities)}"
-            )
+        from ...data.bands import find_s2_bands
+
+        manifest = source.manifest
+        imagery: set[str] = set()
+        s2_names: list[str] = []
+        self._s2_scale = 1.0
+        if self.decoder != "geo_only":  # the location-only ablation reads no imagery
+            modality, s2_names = find_s2_bands(manifest)
+            imagery = set(manifest.modalities[modality].bands)
+            self._s2_scale = float(manifest.modalities[modality].scale)
         if hasattr(self, "band_names_"):
             if list(source.band_names) != list(self.band_names_):
                 raise MisoBenchError(
@@ -261,9 +266,15 @@ class MisoModel(ChipModel):
         self._source = source
         self._grid: GridSpec = source.grid
         names = list(source.band_names)
-        s2 = set(source.manifest.modalities[S2_MODALITY].bands)
-        self._s2_idx = [i for i, b in enumerate(names) if b in s2]
-        self._cov_idx = [i for i, b in enumerate(names) if b not in s2] if self.use_cov else []
+        # Sentinel-2 by name in Satlas order (extra imagery bands unused); every continuous
+        # band of the other modalities is a covariate.
+        self._s2_idx = [names.index(b) for b in s2_names]
+        categorical = {b for spec in manifest.modalities.values() for b in spec.categorical}
+        self._cov_idx = (
+            [i for i, b in enumerate(names) if b not in imagery and b not in categorical]
+            if self.use_cov
+            else []
+        )
         return self
 
     def _inputs(
@@ -272,6 +283,8 @@ class MisoModel(ChipModel):
         """Raw chips ``(B, C, H, W)`` -> normalised Sentinel-2 and covariates; invalid pixels
         are 0 whatever their raw value (NaN no-data included)."""
         s2_raw = chips[:, self._s2_idx]
+        if getattr(self, "_s2_scale", 1.0) != 1.0:  # e.g. reflectance 0-1 -> L2A numbers
+            s2_raw = s2_raw * self._s2_scale
         s2_valid = valid[:, self._s2_idx]
         s2 = torch.where(s2_valid, satlas_normalize(torch.nan_to_num(s2_raw)), 0.0)
         cov = None
@@ -979,10 +992,8 @@ class MisoModel(ChipModel):
         self.config_ = cfg
         self._size = int(self.settings_["chip_size_px"])
         self.band_names_ = list(state["band_names"])
-        s2 = set(state["s2_bands"])
-        self._s2_idx = [i for i, b in enumerate(self.band_names_) if b in s2]
-        cov = set(state["cov_bands"])
-        self._cov_idx = [i for i, b in enumerate(self.band_names_) if b in cov]
+        self._s2_idx = [self.band_names_.index(b) for b in state["s2_bands"]]
+        self._cov_idx = [self.band_names_.index(b) for b in state["cov_bands"]]
         self.crs_ = state["crs"]
         self.grid_ = GridSpec(**state["grid"])
         self._grid = self.grid_
