@@ -135,6 +135,34 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_import_reference(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.reference import import_reference
+
+    with tqdm(desc="converting tiles", unit="tile") as bar:
+
+        def advance(what: str) -> None:
+            bar.set_postfix_str(what)
+            bar.update(1)
+
+        report = import_reference(
+            args.points,
+            args.out,
+            s2_dir=args.s2_dir,
+            cov_dir=args.cov_dir,
+            splits=args.splits or [],
+            label_rule=args.label_rule,
+            name=args.name,
+            progress=advance,
+        )
+    print(f"Imported into {args.out}:")
+    print(report.summary())
+    print(f"Report: {Path(args.out) / 'import_report.json'}")
+    print(f"Next: miso-bench data check {args.out}")
+    return 0
+
+
 def _cmd_data_init(args: argparse.Namespace) -> int:
     from .data.init import draft_manifest
 
@@ -209,7 +237,12 @@ def _flags(args: argparse.Namespace) -> dict:
     if args.model:
         flags.setdefault("model", {})["name"] = args.model
     if args.cv:
-        flags.setdefault("cv", {})["name"] = args.cv
+        if args.cv.startswith("file:"):  # --cv file:PATH, a split file of the reference
+            flags.setdefault("cv", {}).update(
+                name="file", path=str(Path(args.cv.removeprefix("file:")).expanduser())
+            )
+        else:
+            flags.setdefault("cv", {})["name"] = args.cv
     if args.task:
         flags["task"] = args.task
     if args.seed is not None:
@@ -653,6 +686,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_cmd_data_check)
 
+    imp = dsub.add_parser(
+        "import-reference",
+        help="convert the reference study's point JSON and h5 tiles into a dataset",
+        description="Import the reference layout: the AKSDB-style point JSON, per-tile h5 "
+        "rasters ({grid_id}.h5, dataset `data`, H x W x C) of Sentinel-2 and of the merged "
+        "covariates, and optionally the split files. Writes COG tiles per modality, "
+        "pedons.gpkg, dataset.yaml and import_report.json (what happened to every record). "
+        "Tiles are streamed strip by strip; an interrupted import resumes.",
+    )
+    imp.add_argument("--points", required=True, help="the point JSON (a list of records)")
+    imp.add_argument("--s2-dir", help="folder of the Sentinel-2 {grid_id}.h5 tiles")
+    imp.add_argument("--cov-dir", help="folder of the covariate {grid_id}.h5 tiles")
+    imp.add_argument(
+        "--splits", nargs="+", metavar="FILE", help="split files to copy (for --cv file:PATH)"
+    )
+    imp.add_argument(
+        "--label-rule",
+        default="unanimous",
+        choices=("unanimous", "majority", "first"),
+        help="a site with several observations: keep it when all agree (unanimous), take "
+        "the most common value (majority; ties dropped) or the first [default: unanimous]",
+    )
+    imp.add_argument("--name", default="aksdb", help="dataset name [default: aksdb]")
+    imp.add_argument("--out", required=True, help="the new dataset folder")
+    imp.set_defaults(func=_cmd_data_import_reference)
+
     init = dsub.add_parser(
         "init",
         help="draft a manifest from a folder of rasters and a point file",
@@ -685,7 +744,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--model", help="model name (miso-bench list models) [default: rf]")
-    run.add_argument("--cv", help="cross-validation scheme (miso-bench list cv) [default: spatial]")
+    run.add_argument(
+        "--cv",
+        help="cross-validation scheme (miso-bench list cv), or file:PATH for a split file in "
+        "the reference format [default: spatial]",
+    )
     run.add_argument("--task", help="task (miso-bench list tasks) [default: tax_order]")
     run.add_argument("--data", help="dataset folder [default: the embedded synthetic Alaska]")
     run.add_argument("--config", help="experiment YAML file (see configs/)")

@@ -226,9 +226,11 @@ class BufferedSplitter(_SplitBased):
 class FileSplit(_SplitBased):
     """Folds read from a split file in the reference format.
 
-    The file is JSON ``{"fold_0": {"train": [ids], "test": [ids]}, ...}``; ``groups`` holds the
-    pedon id of each sample. Ids of the file missing from the data are ignored; samples whose
-    id is in no test list are never tested (counted in :attr:`n_untested_`).
+    The file is JSON ``{"fold_0": {"train": [ids], "test": [ids]}, ...}`` (the reference's
+    kfold5 / sfold5 / sfold5_10km files) or ``{"train": [ids], "test": [ids]}`` (its uniform
+    holdout: one fold); ``groups`` holds the pedon id of each sample. Ids of the file missing
+    from the data are ignored; samples whose id is in no test list are never tested (counted in
+    :attr:`n_untested_`).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -241,6 +243,8 @@ class FileSplit(_SplitBased):
                 f"{file}: cannot read split file: {exc} (fix: give a JSON file "
                 'like {"fold_0": {"train": [...], "test": [...]}})'
             ) from exc
+        if isinstance(raw, dict) and "test" in raw and isinstance(raw["test"], list):
+            raw = {"fold_0": raw}  # the uniform holdout: one fold
         keys = sorted(
             (k for k in raw if str(k).startswith("fold_")), key=lambda k: int(str(k).split("_")[1])
         )
