@@ -12,6 +12,10 @@ A suite file (``benchmarks/ablations/<name>.yaml``)::
       - miso                         # a registry name
       - rf
       - {name: miso_lr1e-4, model: miso, set: [model.params.lr=1e-4]}
+      - {name: ref, model: miso, config: "../configs/experiments/reference/miso_{task}.yaml"}
+
+A variant's ``config`` is an experiment file (relative to the suite file; ``{task}`` is
+replaced by the task) merged like ``--config``, under the suite's and the variant's ``set``.
 
 Every combination is one ``miso-bench run`` (tagged with the suite and the variant). Runs of
 one task, scheme and seed share their folds, so variants are compared pedon by pedon.
@@ -58,6 +62,7 @@ class Variant:
     name: str
     model: str
     sets: tuple[str, ...] = ()
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,31 @@ def load_suite(path: str | Path) -> Suite:
         if isinstance(item, str):
             variants.append(Variant(item, item))
         elif isinstance(item, dict) and "name" in item:
-            extra = sorted(set(item) - {"name", "model", "set"})
+            extra = sorted(set(item) - {"name", "model", "set", "config"})
             if extra:
-                raise MisoBenchError(f"{where}: unknown key `{extra[0]}` (keys: name, model, set)")
+                raise MisoBenchError(
+                    f"{where}: unknown key `{extra[0]}` (keys: name, model, set, config)"
+                )
             sets = _str_list(item["set"], f"{where}.set") if item.get("set") else ()
-            variants.append(Variant(str(item["name"]), str(item.get("model", item["name"])), sets))
+            config = item.get("config")
+            if config is not None:
+                for task in _str_list(raw.get("tasks", ["tax_order"]), f"{file}: tasks"):
+                    target = file.parent / str(config).replace("{task}", task)
+                    if not target.is_file():
+                        raise MisoBenchError(
+                            f"{where}.config: {target} does not exist (fix: a path relative "
+                            "to the suite file; {task} stands for the task)"
+                        )
+            variants.append(
+                Variant(
+                    str(item["name"]),
+                    str(item.get("model", item["name"])),
+                    sets,
+                    None if config is None else str(config),
+                )
+            )
         else:
-            raise MisoBenchError(f"{where}: a registry name or {{name, model, set}}")
+            raise MisoBenchError(f"{where}: a registry name or {{name, model, set, config}}")
     if not variants:
         raise MisoBenchError(f"{file}: `variants` is empty (fix: list at least two)")
     names = [v.name for v in variants]
@@ -181,15 +204,26 @@ def _config(
     tracking_uri: str | None,
     extra: tuple[str, ...],
 ) -> dict[str, Any]:
-    flags: dict[str, Any] = {"model": {"name": variant.model}, "cv": {"name": cv}, "task": task}
+    scheme: dict[str, Any] = {"name": cv}
+    if cv.startswith("file:"):  # a split file of the reference (path as given, or suite-relative)
+        path = Path(cv.removeprefix("file:")).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = suite.path.parent / path
+        scheme = {"name": "file", "path": str(path)}
+    flags: dict[str, Any] = {"model": {"name": variant.model}, "cv": scheme, "task": task}
     flags["seed"] = seed
     if data or suite.data:
         flags["data"] = {"path": data or suite.data}
     if tracking_uri:
         flags["tracking"] = {"uri": tracking_uri}
     tags = [f"tracking.tags.ablation={suite.name}", f"tracking.tags.variant={variant.name}"]
+    experiment = (
+        None
+        if variant.config is None
+        else suite.path.parent / variant.config.replace("{task}", task)
+    )
     try:
-        return resolve_config(None, flags, [*suite.sets, *variant.sets, *extra, *tags])
+        return resolve_config(experiment, flags, [*suite.sets, *variant.sets, *extra, *tags])
     except ConfigError as exc:
         raise MisoBenchError(f"{suite.path}: variant {variant.name!r}: {exc}") from exc
 
