@@ -458,3 +458,56 @@ def test_fit_without_a_context_is_a_clear_error(pedons):
     X, y = pedons
     with pytest.raises(MisoBenchError, match="context"):
         build_model("miso", SMALL, 7, 0).fit(X.iloc[:8], y[:8])
+
+
+def test_categorical_covariates_enter_one_hot_and_round_trip(tiny_dir, tmp_path):
+    """A class-code band (land cover) becomes one-hot channels, not a scaled number; its codes
+    are saved with the model."""
+    import shutil
+
+    import rasterio
+
+    from tests.helpers import edit_manifest
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, copy)
+    (copy / "landcover").mkdir()
+    for path in sorted((copy / "sentinel2").glob("*.tif")):
+        with rasterio.open(path) as src:
+            profile = {**src.profile, "count": 1, "dtype": "uint8", "nodata": 0}
+            red = src.read(1).astype(np.float64)
+        codes = np.choose((red > np.percentile(red, 33)).astype(int) + (red > 1500), [3, 7, 11])
+        with rasterio.open(copy / "landcover" / path.name, "w", **profile) as dst:
+            dst.write(codes[None].astype(np.uint8))
+
+    def add(d):
+        d["modalities"]["landcover"] = {
+            "folder": "landcover",
+            "bands": ["lc"],
+            "nodata": 0,
+            "dtype": "uint8",
+            "categorical": ["lc"],
+        }
+
+    edit_manifest(copy, add)
+    manifest = load_manifest(copy)
+    ctx = make_context(manifest)
+    kept, _ = PedonDataset(manifest).labelled("pf1m")
+    X = pd.DataFrame(
+        {"coord_x": kept["x"].to_numpy(), "coord_y": kept["y"].to_numpy()}, index=kept["id"]
+    )
+    model = build_model("miso", SMALL, n_classes=2, seed=0)
+    model.fit(X.iloc[:24], kept["target"].to_numpy()[:24], context=ctx)
+    assert model.cat_codes_ == {"lc": [3.0, 7.0, 11.0]}
+    n_cont = len(model._cov_idx)
+    assert model.net_.cfg.cov_bands == n_cont + 3
+    image, valid = ctx.source.window_at(X["coord_x"].iloc[0], X["coord_y"].iloc[0], 32)[:2]
+    hot = model._one_hot(torch.from_numpy(image)[None], torch.from_numpy(valid)[None])
+    assert hot is not None and hot.shape == (1, 3, 32, 32)
+    assert torch.all(hot.sum(1) <= 1)  # one code per pixel (none on no-data)
+    save_fitted(model, tmp_path / "m", {"task": "pf1m"})
+    loaded, _ = load_fitted(tmp_path / "m")
+    loaded.attach(ctx.source)
+    np.testing.assert_allclose(
+        loaded.predict_proba(X.iloc[30:35]), model.predict_proba(X.iloc[30:35]), atol=1e-5
+    )

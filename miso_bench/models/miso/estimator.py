@@ -275,7 +275,64 @@ class MisoModel(ChipModel):
             if self.use_cov
             else []
         )
+        # Categorical covariates enter one-hot (their codes are learned at fit time).
+        self._cat_idx = (
+            [i for i, b in enumerate(names) if b not in imagery and b in categorical]
+            if self.use_cov
+            else []
+        )
         return self
+
+    def _one_hot(self, chips: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """``(B, sum(codes), H, W)`` one-hot channels of the categorical covariates (0 where
+        invalid or an unseen code), or None without any."""
+        codes = getattr(self, "cat_codes_", {})
+        parts = []
+        for i in getattr(self, "_cat_idx", []):
+            band_codes = codes.get(self.band_names_[i], [])
+            if not band_codes:
+                continue
+            values = torch.nan_to_num(chips[:, i], nan=float("-inf"))
+            known = torch.tensor(band_codes, dtype=values.dtype, device=values.device)
+            hot = (values[:, None] == known[None, :, None, None]) & valid[:, i, None]
+            parts.append(hot.to(torch.float32))
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _learn_codes(self, source: ChipSource) -> dict[str, list[float]]:
+        """The codes of each categorical covariate: its (at most 32) most frequent values in
+        decimated reads of up to 64 of its files, spread over the list (deterministic: every
+        rank and every refit finds the same; a code never seen gets no channel)."""
+        import rasterio
+
+        from ...data.manifest import nodata_in_dtype, open_raster
+
+        out: dict[str, list[float]] = {}
+        manifest = source.manifest
+        for i in getattr(self, "_cat_idx", []):
+            band = self.band_names_[i]
+            spec = next(m for m in manifest.modalities.values() if band in m.bands)
+            files = manifest.modality_files(spec.name)
+            picked = [files[k] for k in np.unique(np.linspace(0, len(files) - 1, 64).astype(int))]
+            counts: dict[float, int] = {}
+            for path in picked:
+                with rasterio.Env(), open_raster(path) as src:
+                    f = max(1, int(np.ceil(max(src.width, src.height) / 512)))
+                    data = src.read(
+                        spec.bands.index(band) + 1,
+                        out_shape=(max(1, src.height // f), max(1, src.width // f)),
+                    ).astype(np.float64)
+                    fill = nodata_in_dtype(
+                        spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
+                    )
+                v = data[np.isfinite(data)]
+                if fill is not None and not np.isnan(fill):
+                    v = v[v != fill]
+                uniq, n = np.unique(v, return_counts=True)
+                for u, k in zip(uniq.tolist(), n.tolist(), strict=True):
+                    counts[u] = counts.get(u, 0) + k
+            top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:32]
+            out[band] = sorted(float(k) for k, _ in top)
+        return out
 
     def _inputs(
         self, chips: torch.Tensor, valid: torch.Tensor
@@ -295,6 +352,9 @@ class MisoModel(ChipModel):
                     f"the normaliser returned {type(normalized).__name__}, not a tensor"
                 )
             cov = normalized[:, self._cov_idx]
+        hot = self._one_hot(chips, valid)
+        if hot is not None:
+            cov = hot if cov is None else torch.cat([cov, hot], dim=1)
         return s2, cov
 
     def _chip_dataset(
@@ -395,6 +455,7 @@ class MisoModel(ChipModel):
             extent, metres_per_unit(context.source.manifest.crs, extent)
         )
         self.band_names_ = list(context.source.band_names)
+        self.cat_codes_ = self._learn_codes(context.source)
         self.crs_ = context.source.manifest.crs
         self.grid_ = self._grid
         self.classes_ = np.arange(self.n_classes)
@@ -404,7 +465,7 @@ class MisoModel(ChipModel):
             s,
             n_outputs=1 if self.n_classes == 2 else self.n_classes,
             s2_bands=len(self._s2_idx),
-            cov_bands=len(self._cov_idx),
+            cov_bands=len(self._cov_idx) + sum(len(c) for c in self.cat_codes_.values()),
             decoder=self.decoder,
             query=self.query,
             location=self.location,
@@ -968,6 +1029,7 @@ class MisoModel(ChipModel):
             "band_names": self.band_names_,
             "s2_bands": [self.band_names_[i] for i in self._s2_idx],
             "cov_bands": [self.band_names_[i] for i in self._cov_idx],
+            "cat_codes": self.cat_codes_,
             "crs": self.crs_,
             "grid": self.grid_.to_dict(),
             "location_normalizer": self.location_norm_.to_dict(),
@@ -994,6 +1056,8 @@ class MisoModel(ChipModel):
         self.band_names_ = list(state["band_names"])
         self._s2_idx = [self.band_names_.index(b) for b in state["s2_bands"]]
         self._cov_idx = [self.band_names_.index(b) for b in state["cov_bands"]]
+        self.cat_codes_ = {b: list(c) for b, c in state.get("cat_codes", {}).items()}
+        self._cat_idx = [self.band_names_.index(b) for b in self.cat_codes_]
         self.crs_ = state["crs"]
         self.grid_ = GridSpec(**state["grid"])
         self._grid = self.grid_
