@@ -134,6 +134,9 @@ class MapModel:
                     cols |= {a, b}
             used = [b for b in names if b in cols]
         self.band_idx = [names.index(b) for b in used]
+        # Trees read the grid's windows when every file is on the grid (the fast path, equal
+        # to the point features at pixel centres); otherwise they sample like the points do.
+        self.all_aligned = all(f.aligned for files in source._files for f in files)
 
     def mask(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
         """``(h, w)`` True where the model maps (every band it reads is valid there)."""
@@ -151,19 +154,23 @@ class MapModel:
                 r0, c0, h, w, stride=stride, batch_size=batch_size, embed=True
             )
             return probs, emb.reshape(emb.shape[0], -1).T
-        k = int(self.record["window_px"]) // 2
-        raw = self.source.raw_window(r0 - k, c0 - k, h + 2 * k, w + 2 * k)
+        window = int(self.record["window_px"])
+        k = window // 2
         g = self.source.grid
         xs = g.x0 + (c0 + np.arange(w) + 0.5) * g.res
         ys = g.y0 - (r0 + np.arange(h) + 0.5) * g.res
-        frame = window_feature_table(
-            self.source.manifest,
-            raw,
-            list(self.source.band_names),
-            int(self.record["window_px"]),
-            xs,
-            ys,
-        )[self.record["feature_columns"]]
+        if self.all_aligned:
+            raw = self.source.raw_window(r0 - k, c0 - k, h + 2 * k, w + 2 * k)
+            frame = window_feature_table(
+                self.source.manifest, raw, list(self.source.band_names), window, xs, ys
+            )[self.record["feature_columns"]]
+        else:
+            # Files off the grid (another CRS or resolution) are sampled at each pixel centre
+            # exactly as the training features were (not warped): the point path itself.
+            gx, gy = np.meshgrid(xs, ys)
+            frame = feature_table(self.source.manifest, gx.ravel(), gy.ravel(), window_px=window)[
+                self.record["feature_columns"]
+            ]
         parts = [
             self.predictor.model.predict_proba(frame.iloc[s : s + TREE_CHUNK])
             for s in range(0, len(frame), TREE_CHUNK)

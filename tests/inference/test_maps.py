@@ -435,3 +435,53 @@ def test_a_map_in_longitude_latitude_keeps_the_input_grid(tiny_geographic_dir, e
         assert m.crs == src.crs and m.crs.is_geographic
         assert m.transform.almost_equals(src.transform) and m.shape == src.shape
         assert (m.read(1) != 255).mean() > 0.5
+
+
+@pytest.mark.slow
+def test_a_multi_resolution_map_equals_the_point_path(tiny_dir, env, tmp_path):
+    """Climate delivered at 20 m under the 10 m grid. Trees map it by sampling each file at the
+    pixel centre, as their training features were read, not through a bilinear-resampled
+    chip: the map's probability at a pixel equals the point prediction there."""
+    import shutil
+
+    from miso_bench import load_model
+    from tests.helpers import edit_manifest
+
+    data = tmp_path / "coarse"
+    shutil.copytree(tiny_dir, data)
+    for path in sorted((data / "climate").glob("*.tif")):
+        with rasterio.open(path) as src:
+            arr, profile = src.read(), src.profile.copy()
+        c, h, w = arr.shape
+        coarse = arr.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+        coarse[(arr == profile["nodata"]).reshape(c, h // 2, 2, w // 2, 2).any(axis=(2, 4))] = (
+            profile["nodata"]
+        )
+        t = profile["transform"]
+        profile.update(
+            width=w // 2, height=h // 2, transform=rasterio.Affine(20.0, 0, t.c, 0, -20.0, t.f)
+        )
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+        profile["tiled"] = False
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(coarse.astype(np.float32))
+
+    def coarser(d):
+        d["modalities"]["climate"]["res_m"] = 20.0
+
+    edit_manifest(data, coarser)
+    run = _run(data, env, **{"model.name": "rf", "task": "pf1m", "model.params.n_estimators": 20})
+    tile = sorted(p.stem for p in load_manifest(data).modality_files("sentinel2"))[0]
+    _map(run, tmp_path / "m", env, tiles=[tile], all_tiles=False, log=False, quicklooks=False)
+    with rasterio.open(tmp_path / "m" / f"{tile}.stats.tif") as src:
+        p_pos = src.read(1)
+        rows = np.arange(3, src.height, 7)
+        cols = np.arange(2, src.width, 9)
+        rr, cc = np.meshgrid(rows, cols, indexing="ij")
+        x, y = rasterio.transform.xy(src.transform, rr.ravel(), cc.ravel())
+    proba = load_model(run, tracking_uri=env["uri"]).predict_points(data, np.array(x), np.array(y))
+    got = p_pos[rr.ravel(), cc.ravel()]
+    keep = np.isfinite(got)
+    assert keep.mean() > 0.8
+    np.testing.assert_allclose(got[keep], proba[keep, 1], atol=1e-6)
