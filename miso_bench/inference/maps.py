@@ -598,7 +598,20 @@ def predict_map(
     from ..config import read_yaml
 
     config = read_yaml(config_path, "a run config")
-    manifest = load_manifest(data) if data is not None else prepare_dataset(config, say)
+    # The AOA reference is built from the training pedons on the run's own dataset; the map
+    # may be of another dataset with the same bands, CRS and grid (--data).
+    if data is None:
+        manifest = train_manifest = prepare_dataset(config, say)
+    else:
+        manifest = load_manifest(data)
+        try:
+            train_manifest = prepare_dataset(config, say)
+        except (MisoBenchError, OSError) as exc:
+            train_manifest = manifest
+            say(
+                f"note: the run's own dataset is not readable here ({exc}); the area of "
+                f"applicability reads the training pedons' predictors on {manifest.path}"
+            )
     for p in predictors:
         p._manifest(manifest)  # the model's CRS and bands are in this dataset
     record = predictors[0].record
@@ -655,7 +668,14 @@ def predict_map(
                 )
                 oof = pd.read_parquet(oof_path)
             say(f"Area of applicability: predictors of {len(oof):,} training pedons (fold {f})")
-            ref = _aoa_reference(MapModel(p, source), manifest, oof, f, int(config["seed"]))
+            train_source = (
+                source
+                if train_manifest.path == manifest.path
+                else ChipSource(train_manifest, cache_mb=cache_mb)
+            )
+            ref = _aoa_reference(
+                MapModel(p, train_source), train_manifest, oof, f, int(config["seed"])
+            )
             ref.save(path)
         aoa_files.append(str(path))
     folders = tuple(str(p.folder) for p in predictors)
