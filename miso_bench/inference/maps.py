@@ -860,7 +860,7 @@ def _run_dask(
         client = Client(cluster)
     else:
         try:
-            client = Client(scheduler, timeout=30)
+            client = Client(scheduler, timeout=10)
         except OSError as exc:
             raise MisoBenchError(
                 f"--scheduler {scheduler}: no Dask scheduler answers there ({exc}) (fix: start "

@@ -277,6 +277,27 @@ def test_dask_gives_the_same_pixels_as_the_serial_path(rf_run, env, tmp_path):
             a, _ = _read(tmp_path / "serial" / f"{name}.{kind}.tif")
             b, _ = _read(tmp_path / "dask" / f"{name}.{kind}.tif")
             np.testing.assert_array_equal(a, b)
+    # --scheduler ADDRESS: a running cluster (here one started by the test).
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        remote = _map(
+            rf_run,
+            tmp_path / "remote",
+            env,
+            quicklooks=False,
+            log=False,
+            scheduler=cluster.scheduler_address,
+            tiles=[serial.tiles[0]],
+            all_tiles=False,
+        )
+    a, _ = _read(tmp_path / "serial" / f"{remote.tiles[0]}.stats.tif")
+    b, _ = _read(tmp_path / "remote" / f"{remote.tiles[0]}.stats.tif")
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(MisoBenchError, match="no Dask scheduler answers"):
+        _map(rf_run, tmp_path / "nowhere", env, log=False, scheduler="tcp://127.0.0.1:9")
 
 
 # --- MISO maps ----------------------------------------------------------------------------
