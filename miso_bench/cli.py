@@ -879,9 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="run id (from `miso-bench run` or the UI)")
     predict.add_argument(
         "--fold",
-        default="final",
         help="final (refit on all pedons), a fold number, or all (fold models averaged; "
-        "uncertainty = their spread) [default: final]",
+        "uncertainty = their spread) [default: final, or the fold of a fold's run id]",
     )
     predict.add_argument("--data", help="dataset to map [default: the run's own]")
     where = predict.add_mutually_exclusive_group(required=True)

@@ -236,13 +236,15 @@ def _log_fold(
             pred.to_parquet(Path(tmp) / "predictions.parquet", index=False)
             tracker.log_artifact(fold_id, Path(tmp) / "predictions.parquet")
         if config["tracking"]["log_models"]:
-            record = model_record(inputs, config, result.spec.name)
+            saved = model_record(inputs, config, result.spec.name)
+            # The pedons the model was fitted on (the area of applicability's reference).
+            saved["fit_ids"] = [str(i) for i in inputs.ids[result.spec.fit]]
             in_place = tracker.local_artifact_dir(fold_id, "model")
             if in_place is not None:  # a local store: write the model there, no copy
-                save_fitted(result.model, in_place, record)
+                save_fitted(result.model, in_place, saved)
             else:
                 tracker.log_folder(
-                    fold_id, save_fitted(result.model, Path(tmp) / "model", record), "model"
+                    fold_id, save_fitted(result.model, Path(tmp) / "model", saved), "model"
                 )
     return dropped
 

@@ -45,6 +45,8 @@ VECTOR_EXT = (".gpkg", ".geojson", ".json", ".shp", ".csv", ".parquet")
 ID_NAMES = ("id", "site_id", "pedon_id", "pid", "point_id", "fid", "uid", "plot_id")
 MAX_CATEGORIES = 32
 MAX_CLASSES = 50
+#: Pixel centres of a polygon's box tested one by one; larger boxes draw seeded candidates.
+MAX_CANDIDATES = 4_000_000
 
 
 @dataclass
@@ -69,7 +71,9 @@ class _Raster:
 
 
 def _scan(path: Path) -> _Raster:
-    with rasterio.open(path) as src:
+    from .manifest import open_raster
+
+    with open_raster(path) as src:
         return _Raster(
             path,
             src.count,
@@ -127,8 +131,16 @@ def polygons_to_points(
         xmin, ymin, xmax, ymax = geom.bounds
         cols = np.arange(math.floor((xmin - x0) / res), math.ceil((xmax - x0) / res))
         rws = np.arange(math.floor((y0 - ymax) / res), math.ceil((y0 - ymin) / res))
-        gx, gy = np.meshgrid(x0 + (cols + 0.5) * res, y0 - (rws + 0.5) * res)
-        cx, cy = gx.ravel(), gy.ravel()
+        cx: np.ndarray
+        cy: np.ndarray
+        if len(cols) * len(rws) <= MAX_CANDIDATES:
+            gx, gy = np.meshgrid(x0 + (cols + 0.5) * res, y0 - (rws + 0.5) * res)
+            cx, cy = gx.ravel(), gy.ravel()
+        else:  # a large polygon: seeded candidate pixel centres, not every one of the box
+            n = 50 * max_per_polygon
+            cx = x0 + (rng.integers(cols[0], cols[-1] + 1, n) + 0.5) * res
+            cy = y0 - (rng.integers(rws[0], rws[-1] + 1, n) + 0.5) * res
+            cx, cy = np.unique(np.column_stack([cx, cy]), axis=0).T
         inside = shapely.contains_xy(geom, cx, cy)
         px, py = cx[inside], cy[inside]
         if len(px) == 0:
@@ -211,9 +223,7 @@ def draft_manifest(
         )
     draft = Draft({})
     rasters = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in RASTER_EXT and not any(s.startswith(".") for s in p.parts)
+        p for p in folder.rglob("*") if p.suffix.lower() in RASTER_EXT and not _hidden(p, folder)
     )
     if not rasters:
         raise MisoBenchError(f"{folder}: no GeoTIFF (.tif) files found (fix: add the rasters)")
@@ -270,6 +280,14 @@ def draft_manifest(
                 while not s.startswith(prefix):
                     prefix = prefix[:-1]
             glob = f"{prefix}*{members[0].path.suffix}"
+        matched = {p.name for p in (folder / rel).glob(glob)}
+        if matched != {m.path.name for m in members}:
+            others = sorted(matched - {m.path.name for m in members})
+            raise MisoBenchError(
+                f"{folder / rel}: files of different kinds share this folder (e.g. "
+                f"{members[0].path.name} and {others[0] if others else '?'}) and no file name "
+                "pattern tells them apart (fix: move each kind of raster into its own folder)"
+            )
         entry: dict[str, Any] = {
             "folder": rel if rel else ".",
             "glob": glob,
@@ -335,9 +353,7 @@ def draft_manifest(
     vectors = sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in VECTOR_EXT
-        and not any(s.startswith(".") for s in p.parts)
-        and p.name != "dataset.yaml"
+        if p.suffix.lower() in VECTOR_EXT and not _hidden(p, folder) and p.name != "dataset.yaml"
     )
     if points is not None:
         pfile = Path(points).expanduser().resolve()
@@ -364,12 +380,23 @@ def draft_manifest(
                 "choose one with --points FILE)"
             )
         pfile = usable[0]
-    frame = _read_points(pfile)
+    try:
+        frame = _read_points(pfile)
+    except Exception as exc:  # any reader error of the user's file: one line, no traceback
+        raise MisoBenchError(
+            f"{pfile}: cannot read it as points or polygons: {exc} (fix: export it as "
+            "GeoPackage or CSV with x/y columns)".replace("\n", " ")
+        ) from exc
     pedons: dict[str, Any]
     if hasattr(frame, "geometry") and len(frame) and frame.geom_type.iloc[0] != "Point":
         kinds = sorted(set(frame.geom_type.dropna()))
         if not set(kinds) <= {"Polygon", "MultiPolygon"}:
             raise MisoBenchError(f"{pfile}: geometries {kinds}: need points or polygons")
+        if frame.crs is None:
+            raise MisoBenchError(
+                f"{pfile}: the polygons have no CRS (fix: set it, e.g. in QGIS or with "
+                "ogr2ogr -a_srs EPSG:xxxx)"
+            )
         x0, y0 = _grid_origin(ref, res)
         derived = polygons_to_points(frame, crs, res, x0, y0, max_per_polygon)
         out_points = target.parent / f"{pfile.stem}_points.gpkg"
@@ -455,6 +482,12 @@ def draft_manifest(
     target.write_text(header + text)
     draft.written.insert(0, target)
     return draft
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Under a dot-folder (or a dot-file) inside ``folder``; the folder's own path may hold
+    dot-folders (``./.miso-bench/...``)."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def _xy_columns(frame: Any) -> tuple[str, str] | None:

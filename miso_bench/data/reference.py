@@ -139,6 +139,18 @@ def resolve_label(value: Any, rule: str) -> tuple[Any, str]:
     return value, "single"
 
 
+def _binary(value: Any) -> Any:
+    """0/1 from 0, 1, 0.0, 1.0, "0", "1", True, False; anything else as is (then outside the
+    classes, counted)."""
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number in (0.0, 1.0) else value
+
+
 def _coordinates(rec: dict[str, Any]) -> tuple[float, float] | None:
     x: Any = rec.get("x_3338")
     y: Any = rec.get("y_3338")
@@ -148,7 +160,10 @@ def _coordinates(rec: dict[str, Any]) -> tuple[float, float] | None:
     px: Any = rec.get("x_pixel")
     py: Any = rec.get("y_pixel")
     if gid and not _is_missing(px) and not _is_missing(py):
-        xmin, _, _, ymax = tile_bounds(str(gid))
+        try:
+            xmin, _, _, ymax = tile_bounds(str(gid))
+        except ValueError:
+            return None  # counted as a record without coordinates
         # The reference's global pixel frame: an integer pixel position is a pixel centre.
         return xmin + 10.0 * (float(px) + 0.5), ymax - 10.0 * (float(py) + 0.5)
     return None
@@ -166,8 +181,18 @@ def _write_tile(
     from rasterio.windows import Window
 
     grid_id = h5_path.stem
-    xmin, _, _, ymax = tile_bounds(grid_id)
-    with h5py.File(h5_path, "r") as h5:
+    try:
+        xmin, _, _, ymax = tile_bounds(grid_id)
+    except ValueError as exc:
+        raise MisoBenchError(
+            f"{h5_path}: the file name is not an AK050 tile id (AK050HxxVyy.h5) (fix: rename "
+            "it, or move it out of the folder)"
+        ) from exc
+    try:
+        h5 = h5py.File(h5_path, "r")
+    except OSError as exc:
+        raise MisoBenchError(f"{h5_path}: unreadable HDF5 file: {exc}") from exc
+    with h5:
         if "data" not in h5:
             raise MisoBenchError(f"{h5_path}: no dataset 'data' (the reference's h5 layout)")
         ds = h5["data"]
@@ -175,12 +200,18 @@ def _write_tile(
             raise MisoBenchError(f"{h5_path}: 'data' has shape {ds.shape}, expected H x W x C")
         height, width, channels = ds.shape
         need = max(s.stop for _, s, *_ in outputs)
+        source_dtype = np.dtype(ds.dtype)
         if channels < need:
             raise MisoBenchError(
                 f"{h5_path}: {channels} channels, expected at least {need} (fix: check the "
                 "folder: Sentinel-2 tiles have 9, covariate tiles 10)"
             )
         handles = []
+        outputs = [
+            # Integer Sentinel-2 keeps its type only where it fits (no wrap-around).
+            (p, sl, dt if np.can_cast(source_dtype, dt) else "float32", nd, b)
+            for p, sl, dt, nd, b in outputs
+        ]
         for path, _, dtype, nodata, bands in outputs:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.partial")
@@ -287,9 +318,16 @@ def import_reference(
                 row[label] = None
                 continue
             if label == "pf1m":
-                value = int(float(value))
-            if label == "peat_level":  # the reference's binary peat task
-                value = "no" if str(value) == "no" else "yes"
+                value = _binary(value)
+            if label == "peat_level":  # the reference's binary peat task: no vs any peat
+                text = str(value).strip().lower()
+                value = (
+                    None if text in ("", "na", "nan", "none") else ("no" if text == "no" else "yes")
+                )
+                if value is None:
+                    counts["missing"] += 1
+                    row[label] = None
+                    continue
             if label in classes and value not in classes[label]:
                 counts["outside_classes"] += 1
                 row[label] = None
@@ -344,7 +382,11 @@ def import_reference(
             if progress is not None:
                 progress(f"{label} {h5.stem}")
         have = {h.stem for h in files}
-        for m, _, dtype, nodata, bands in parts:
+        for m, _, _, nodata, bands in parts:
+            import rasterio
+
+            with rasterio.open(out / m / f"{files[0].stem}.tif") as written:
+                dtype = written.dtypes[0]  # int16 unless the source did not fit it
             modalities[m] = {
                 "folder": m,
                 "glob": "AK050H*V*.tif",

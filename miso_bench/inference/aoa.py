@@ -54,7 +54,8 @@ class AOAReference:
         weights: importance weight of each predictor (scaled predictors are multiplied by it).
         train: ``(n, d)`` standardised, weighted training predictors.
         mean_distance: mean distance between training points (the DI's unit).
-        threshold: DI above which a location is outside the area of applicability.
+        threshold: DI above which a location is outside the area of applicability (NaN for a
+            single test fold: a holdout gives no cross-validated DI).
         train_di: each training point's cross-validated DI (NaN where it has no fold).
     """
 
@@ -84,11 +85,12 @@ class AOAReference:
         folds = np.asarray(folds)
         keep = np.isfinite(X).all(axis=1)
         X, folds = X[keep], folds[keep]
-        if len(X) < 2 or len(np.unique(folds[folds >= 0])) < 2:
+        if len(X) < 2:
             raise MisoBenchError(
-                "the area of applicability needs at least two training pedons in two CV "
-                "folds with finite predictors"
+                "the area of applicability needs at least two training pedons with finite "
+                "predictors"
             )
+        n_folds = len(np.unique(folds[folds >= 0]))
         mean = X.mean(axis=0)
         scale = X.std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
@@ -118,6 +120,8 @@ class AOAReference:
                 "every training pedon has the same predictors: no area of applicability"
             )
         train_di = np.full(len(Z), np.nan)
+        if n_folds < 2:  # a holdout: no cross-validated DI, so no threshold
+            return cls(mean, scale, w, Z, mean_distance, float("nan"), train_di)
         for f in np.unique(folds[folds >= 0]):
             inside = folds == f
             others = Z[~inside]
@@ -138,8 +142,8 @@ class AOAReference:
         out = np.full(len(X), np.nan)
         ok = np.isfinite(X).all(axis=1)
         if ok.any():
-            Z = ((X[ok] - self.mean) / self.scale * self.weights).astype(np.float32)
-            T = self.train.astype(np.float32)
+            Z = (X[ok] - self.mean) / self.scale * self.weights
+            T = self.train
             out[ok] = _nearest(Z, T, (T * T).sum(axis=1)) / self.mean_distance
         return out
 

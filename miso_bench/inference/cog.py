@@ -159,6 +159,17 @@ class TileWriter:
             tmp.unlink(missing_ok=True)
 
 
+def axis_mapping(crs: Any) -> str:
+    """GDAL's ``dataAxisToSRSAxisMapping`` for rasters in ``crs``: raster x is easting or
+    longitude, so a CRS whose first axis is northing or latitude (EPSG:4326, EPSG:31467)
+    maps data axis 1 to its axis 2."""
+    from pyproj import CRS
+
+    axes = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs).axis_info
+    first = axes[0].direction.lower() if axes else "east"
+    return "2,1" if first in ("north", "south") else "1,2"
+
+
 def write_vrt(
     path: Path,
     tiles: Sequence[Path],
@@ -182,7 +193,8 @@ def write_vrt(
     nd = "nan" if np.isnan(nodata) else str(int(nodata))
     lines = [
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(opened[0][4].to_wkt())}</SRS>',
+        f'  <SRS dataAxisToSRSAxisMapping="{axis_mapping(opened[0][4])}">'
+        f"{escape(opened[0][4].to_wkt())}</SRS>",
         f"  <GeoTransform>{xmin!r}, {res!r}, 0.0, {ymax!r}, 0.0, {-res!r}</GeoTransform>",
     ]
     for b, name in enumerate(band_names, start=1):

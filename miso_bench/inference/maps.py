@@ -125,8 +125,9 @@ class MapModel:
         self.kind = predictor.kind
         names = list(source.band_names)
         if self.kind == "chips":
-            predictor.model.attach(source)
-            used = list(predictor.model.band_names_)
+            model = predictor.model.attach(source)
+            read = [*model._s2_idx, *model._cov_idx, *getattr(model, "_cat_idx", [])]
+            used = [model.band_names_[i] for i in sorted(set(read))]
         else:
             cols = set(self.record["feature_columns"])
             for index, (a, b) in SPECTRAL_INDICES.items():
@@ -178,11 +179,13 @@ class MapModel:
         probs = np.concatenate(parts).T.reshape(-1, h, w).astype(np.float32)
         return probs, frame.to_numpy(dtype=np.float64)
 
-    def point_predictors(self, manifest: DatasetManifest, x: np.ndarray, y: np.ndarray) -> Any:
+    def point_predictors(
+        self, manifest: DatasetManifest, x: np.ndarray, y: np.ndarray, stride: int | None = None
+    ) -> Any:
         """AOA predictors ``(n, d)`` at points, from the same path as the map."""
         if self.kind == "chips":
             X = pd.DataFrame({"coord_x": x, "coord_y": y})
-            _, emb = self.predictor.model.predict_points(X, embed=True)
+            _, emb = self.predictor.model.predict_points(X, stride=stride, embed=True)
             return emb
         feats = feature_table(manifest, x, y, window_px=int(self.record["window_px"]))
         return feats[self.record["feature_columns"]].to_numpy(dtype=np.float64)
@@ -274,6 +277,13 @@ def tile_paths(out_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
+def _record_key(out_dir: Path, name: str) -> str | None:
+    path = tile_paths(out_dir, name)["record"]
+    if not path.is_file():
+        return None
+    return str(json.loads(path.read_text()).get("key"))
+
+
 def tile_done(out_dir: Path, name: str, key: str) -> bool:
     """True when a tile's outputs are complete for this request.
 
@@ -345,7 +355,11 @@ def run_tile(job: TileJob, progress: Callable[[int], None] | None = None) -> dic
                         di = np.full(h * w, np.nan)
                         di[sel] = ref.di(pred[sel])
                         dis.append(di.reshape(h, w))
-                        inside.append(di.reshape(h, w) <= ref.threshold)
+                        inside.append(
+                            di.reshape(h, w) <= ref.threshold
+                            if np.isfinite(ref.threshold)
+                            else np.full((h, w), np.nan)
+                        )
                     stack = np.stack(probs)  # (M, K, h, w)
                     mean = stack.mean(axis=0)
                     flat = mean.reshape(k, -1).T
@@ -366,7 +380,10 @@ def run_tile(job: TileJob, progress: Callable[[int], None] | None = None) -> dic
                     if job.probabilities:
                         layers += list(mean)
                     di_all = np.max(np.stack(dis), axis=0)
-                    aoa = np.all(np.stack(inside), axis=0).astype(np.float32)
+                    stacked = np.stack(inside).astype(np.float32)  # 1, 0 or NaN (no threshold)
+                    aoa = np.where(
+                        np.isnan(stacked).any(axis=0), np.nan, stacked.min(axis=0)
+                    ).astype(np.float32)
                     layers += [unc, di_all, aoa]
                     values = np.stack(layers).astype(np.float32)
                     stats[:, mapped] = values[:, mapped]
@@ -428,13 +445,29 @@ class MapResult:
 
 
 def _aoa_reference(
-    model: MapModel, manifest: DatasetManifest, oof: pd.DataFrame, fold: str, seed: int
+    model: MapModel,
+    manifest: DatasetManifest,
+    oof: pd.DataFrame,
+    fold: str,
+    seed: int,
+    stride: int | None,
+    say: Callable[[str], None],
 ) -> AOAReference:
-    """The AOA reference of a model: its training pedons (all for ``final``, the other folds
-    for a fold model), their predictors and their CV folds."""
-    table = oof if fold == "final" else oof[oof["fold"].astype(str) != str(fold)]
+    """The AOA reference of a model: the pedons it was fitted on (recorded with the model;
+    for models saved without that record, all pedons for ``final`` and the other folds' for a
+    fold model, said so), their predictors on the map path and their CV folds."""
+    fit_ids = model.record.get("fit_ids")
+    ids = oof["id"].astype(str)
+    if fit_ids is not None:
+        table = oof[ids.isin(set(map(str, fit_ids)))]
+    else:
+        table = oof if fold == "final" else oof[oof["fold"].astype(str) != str(fold)]
+        say(
+            "note: this model was saved without its fitted pedons; the area of applicability "
+            "takes " + ("every pedon" if fold == "final" else f"the pedons outside fold {fold}")
+        )
     x, y = table["x"].to_numpy(np.float64), table["y"].to_numpy(np.float64)
-    X = model.point_predictors(manifest, x, y)
+    X = model.point_predictors(manifest, x, y, stride)
     return AOAReference.fit(X, table["fold"].to_numpy(), model.importance(), seed=seed)
 
 
@@ -528,7 +561,7 @@ def predict_map(
     run_id: str,
     out: str | Path,
     *,
-    fold: str = "final",
+    fold: str | None = None,
     data: str | Path | None = None,
     tiles: Sequence[str] = (),
     bbox: Sequence[float] | None = None,
@@ -550,7 +583,8 @@ def predict_map(
     Args:
         run_id: the run (parent) id, or a fold's / the final model's run id.
         out: the output folder (created; reused to resume).
-        fold: ``final``, a fold number, or ``all`` (every fold model, averaged).
+        fold: ``final`` (the default), a fold number, or ``all`` (every fold model,
+            averaged); a fold's or the final model's own run id implies its fold.
         data: the dataset to map (default: the run's own).
         tiles, bbox, all_tiles: what to map: tile ids (file stems of the first modality), a
             box ``xmin, ymin, xmax, ymax`` in the dataset CRS, or every tile. Exactly one.
@@ -583,7 +617,14 @@ def predict_map(
     tags_of_run = run_tags(run_id, tracking_uri)
     parent_id = tags_of_run.get("mlflow.parentRunId", run_id)
     if tags_of_run.get("run_level") in ("fold", "final"):
-        fold = tags_of_run.get("fold", fold)
+        own = str(tags_of_run.get("fold"))
+        if fold is not None and str(fold) != own:
+            raise MisoBenchError(
+                f"--run {run_id} is the model of fold {own}, not --fold {fold} (fix: give the "
+                "parent run's id with --fold, or leave --fold out)"
+            )
+        fold = own
+    fold = "final" if fold is None else str(fold)
     parent_tags = run_tags(parent_id, tracking_uri)
     n_folds = int(parent_tags.get("n_folds", "0") or 0)
     if fold == "all":
@@ -615,9 +656,16 @@ def predict_map(
     for p in predictors:
         p._manifest(manifest)  # the model's CRS and bands are in this dataset
     record = predictors[0].record
-    task = resolve_task(
-        str(record["task"]), {n: s.classes for n, s in manifest.pedons.labels.items()}
-    )
+    # The classes and their order are the model's (its probability columns), not the mapped
+    # dataset's: a dataset listing the label's classes otherwise is refused.
+    task = resolve_task(str(record["task"]), {str(record["label"]): tuple(record["classes"])})
+    theirs = manifest.pedons.labels.get(str(record["label"]))
+    if theirs is not None and [str(c) for c in theirs.classes] != task.class_names:
+        raise MisoBenchError(
+            f"{manifest.path}: label {record['label']} lists classes "
+            f"{[str(c) for c in theirs.classes]}; the model predicts {task.class_names} "
+            "(fix: list the model's classes in the same order)"
+        )
     source = ChipSource(manifest, cache_mb=cache_mb)
     available = dataset_tiles(source)
     if all_tiles:
@@ -660,7 +708,7 @@ def predict_map(
     aoa_files = []
     oof: pd.DataFrame | None = None
     for p, f in zip(predictors, folds, strict=True):
-        path = aoa_dir / f"{p.run_id}.npz"
+        path = aoa_dir / f"{p.run_id}-{key}.npz"  # per model, stride and dataset
         if not path.is_file():
             if oof is None:
                 oof_path = download_run_artifact(
@@ -674,8 +722,20 @@ def predict_map(
                 else ChipSource(train_manifest, cache_mb=cache_mb)
             )
             ref = _aoa_reference(
-                MapModel(p, train_source), train_manifest, oof, f, int(config["seed"])
+                MapModel(p, train_source),
+                train_manifest,
+                oof,
+                f,
+                int(config["seed"]),
+                stride_px,
+                say,
             )
+            if not np.isfinite(ref.threshold):
+                say(
+                    "note: the run has a single test fold (a holdout): the dissimilarity index "
+                    "is written, the area of applicability band is left empty (no CV "
+                    "threshold)"
+                )
             ref.save(path)
         aoa_files.append(str(path))
     folders = tuple(str(p.folder) for p in predictors)
@@ -725,7 +785,7 @@ def predict_map(
             records[r.name] = json.loads(tile_paths(out_dir, r.name)["record"].read_text())
 
     # The mosaic: every tile of this request in the folder.
-    done = [r for r in available if tile_paths(out_dir, r.name)["record"].is_file()]
+    done = [r for r in available if _record_key(out_dir, r.name) == key]
     if bbox is not None:
         done = regions
     class_files = [tile_paths(out_dir, r.name)["class"] for r in done]
@@ -763,7 +823,9 @@ def predict_map(
         "aoa_inside_pixels": int(sum(records[r.name]["aoa_inside_pixels"] for r in regions)),
         "seconds": time.perf_counter() - started,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    tmp = out_dir / ".summary.json.partial"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out_dir / "summary.json")
     result = MapResult(
         out_dir,
         [r.name for r in regions],

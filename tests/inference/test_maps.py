@@ -147,8 +147,11 @@ def test_aoa_is_one_inside_the_training_range_and_zero_far_outside():
     far_in_ignored = np.array([[0.0, 0.0, 0.0, 1e6]])
     assert zero.di(far_in_ignored)[0] <= zero.threshold
     assert np.isnan(ref.di(np.array([[np.nan, 0, 0, 0]])))[0]
-    with pytest.raises(MisoBenchError, match="two CV folds"):
-        AOAReference.fit(X, np.zeros(300))
+    # A holdout (one test fold) gives no cross-validated DI: no threshold, DI still defined.
+    holdout = AOAReference.fit(X, np.zeros(300))
+    assert np.isnan(holdout.threshold) and np.isfinite(holdout.di(np.zeros((1, 4))))[0]
+    with pytest.raises(MisoBenchError, match="two training pedons"):
+        AOAReference.fit(X[:1], np.zeros(1))
 
 
 # --- tree maps ----------------------------------------------------------------------------
@@ -456,6 +459,15 @@ def test_a_map_in_longitude_latitude_keeps_the_input_grid(tiny_geographic_dir, e
         assert m.crs == src.crs and m.crs.is_geographic
         assert m.transform.almost_equals(src.transform) and m.shape == src.shape
         assert (m.read(1) != 255).mean() > 0.5
+    # GDAL reads the mosaic's longitude/latitude in raster x/y order (latitude is EPSG:4326's
+    # first axis): the VRT says so, or QGIS and gdalwarp would swap the axes.
+    assert 'dataAxisToSRSAxisMapping="2,1"' in (tmp_path / "g" / "class.vrt").read_text()
+    with (
+        rasterio.open(tmp_path / "g" / "class.vrt") as vrt,
+        rasterio.open(tmp_path / "g" / f"{first.stem}.class.tif") as tile,
+    ):
+        assert vrt.bounds == tile.bounds
+        np.testing.assert_array_equal(vrt.read(1), tile.read(1))
 
 
 @pytest.mark.slow
@@ -506,3 +518,41 @@ def test_a_multi_resolution_map_equals_the_point_path(tiny_dir, env, tmp_path):
     keep = np.isfinite(got)
     assert keep.mean() > 0.8
     np.testing.assert_allclose(got[keep], proba[keep, 1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_folder_mosaics_only_this_requests_tiles(rf_run, env, tmp_path):
+    out = tmp_path / "shared"
+    tiles = sorted(_map(rf_run, tmp_path / "probe", env, log=False, quicklooks=False).tiles)
+    _map(rf_run, out, env, tiles=[tiles[0]], all_tiles=False, log=False, quicklooks=False)
+    other = _map(
+        rf_run, out, env, fold="0", tiles=[tiles[1]], all_tiles=False, log=False, quicklooks=False
+    )
+    with (
+        rasterio.open(out / "class.vrt") as vrt,
+        rasterio.open(out / f"{tiles[1]}.class.tif") as tile,
+    ):
+        assert vrt.bounds == tile.bounds  # the first request's tile is not in the mosaic
+    assert other.truth is not None
+    n = other.truth.query("layer == 'overall' and metric == 'accuracy'")["n"].iloc[0]
+    unmapped = other.truth.query("metric == 'n_unmapped'")["value"].iloc[0]
+    assert n + unmapped == 4000 and unmapped == 3000  # one tile's truth points of four
+    with pytest.raises(MisoBenchError, match="another request"):
+        _map(rf_run, out, env, fold="0", tiles=[tiles[0]], all_tiles=False, log=False)
+
+
+@pytest.mark.slow
+def test_the_mapped_dataset_must_list_the_models_classes_in_order(tiny_dir, rf_run, env, tmp_path):
+    import shutil
+
+    from tests.helpers import edit_manifest
+
+    data = tmp_path / "swapped"
+    shutil.copytree(tiny_dir, data)
+
+    def swap(d):
+        d["pedons"]["labels"]["pf1m"]["classes"] = [1, 0]
+
+    edit_manifest(data, swap)
+    with pytest.raises(MisoBenchError, match="the model predicts"):
+        _map(rf_run, tmp_path / "m", env, data=data, log=False)

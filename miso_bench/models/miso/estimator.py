@@ -786,7 +786,7 @@ class MisoModel(ChipModel):
             out = net.decode(feats, qq.to(device), loc[:, start : start + chunk].to(device))
             parts.append(self._probs(out["logits"]))
             if embed:
-                emb = out["visual_emb"] if "visual_emb" in out else out["geo_emb"]
+                emb = out["head_emb"]  # the embedding the head reads (the AOA predictors)
                 embs.append(emb.float().cpu().numpy())
         probs = np.concatenate(parts, axis=1)
         return probs, (np.concatenate(embs, axis=1) if embed else None)

@@ -211,17 +211,20 @@ class MisoNet(nn.Module):
         """Decode queries from encoded chips (one encoding answers any number of queries).
 
         Returns:
-            ``logits (B, N, n_outputs)`` and, when present, ``geo_logits``, ``s2_emb``,
-            ``cov_emb``, ``visual_emb``, ``geo_emb`` (each ``(B, N, dim)``).
+            ``logits (B, N, n_outputs)``, ``head_emb`` (what the head reads) and, when
+            present, ``geo_logits``, ``s2_emb``, ``cov_emb``, ``visual_emb``, ``geo_emb`` (each
+            ``(B, N, dim)``).
         """
         out: dict[str, torch.Tensor] = {}
         geo = None
         if self.uses_location:
             geo = self.location(loc_xy)
             out["geo_emb"] = geo
-            out["geo_logits"] = self.geo_head(self.geo_mapper(geo))
+            geo_hidden = self.geo_mapper(geo)
+            out["geo_logits"] = self.geo_head(geo_hidden)
         if not self.uses_images:
             out["logits"] = out["geo_logits"]
+            out["head_emb"] = geo_hidden  # what the head reads
             return out
         s2_emb, stages = self._query(self.s2_query, feats["s2"], query_xy, exact)
         s2_emb = self.s2_mapper(s2_emb)
@@ -240,7 +243,8 @@ class MisoNet(nn.Module):
             visual = visual + attended.reshape(b, n, d)
         out["visual_emb"] = visual
         if self.cfg.decoder == "naive" and geo is not None:
-            out["logits"] = self.head(self.fuse_mapper(visual + 0.1 * geo))
+            out["head_emb"] = self.fuse_mapper(visual + 0.1 * geo)
         else:
-            out["logits"] = self.head(visual)
+            out["head_emb"] = visual
+        out["logits"] = self.head(out["head_emb"])
         return out
