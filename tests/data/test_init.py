@@ -116,7 +116,7 @@ def test_init_errors_are_one_line(tmp_path, tiny_dir, capsys):
 
 
 def test_init_on_the_synthetic_layout_finds_sentinel2(tmp_path, tiny_dir):
-    copy = tmp_path / "tiny"
+    copy = tmp_path / ".miso-bench" / "tiny"  # a data folder inside a dot-folder is fine
     shutil.copytree(tiny_dir, copy)
     (copy / "dataset.yaml").unlink()
     (copy / "truth.parquet").unlink()
