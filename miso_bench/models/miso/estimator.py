@@ -336,14 +336,16 @@ class MisoModel(ChipModel):
 
     def _inputs(
         self, chips: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw chips ``(B, C, H, W)`` -> normalised Sentinel-2 and covariates; invalid pixels
-        are 0 whatever their raw value (NaN no-data included)."""
-        s2_raw = chips[:, self._s2_idx]
-        if getattr(self, "_s2_scale", 1.0) != 1.0:  # e.g. reflectance 0-1 -> L2A numbers
-            s2_raw = s2_raw * self._s2_scale
-        s2_valid = valid[:, self._s2_idx]
-        s2 = torch.where(s2_valid, satlas_normalize(torch.nan_to_num(s2_raw)), 0.0)
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Raw chips ``(B, C, H, W)`` -> normalised Sentinel-2 (None without imagery) and
+        covariates; invalid pixels are 0 whatever their raw value (NaN no-data included)."""
+        s2: torch.Tensor | None = None
+        if self._s2_idx:  # none for the location-only ablation
+            s2_raw = chips[:, self._s2_idx]
+            if getattr(self, "_s2_scale", 1.0) != 1.0:  # e.g. reflectance 0-1 -> L2A numbers
+                s2_raw = s2_raw * self._s2_scale
+            s2_valid = valid[:, self._s2_idx]
+            s2 = torch.where(s2_valid, satlas_normalize(torch.nan_to_num(s2_raw)), 0.0)
         cov = None
         if self._cov_idx:
             normalized = self.normalizer_(chips, valid)
@@ -652,7 +654,7 @@ class MisoModel(ChipModel):
             image, valid, bounds, q, lab = batch
             s2, cov = self._inputs(image, valid)
             out = module(
-                s2.to(device),
+                None if s2 is None else s2.to(device),
                 None if cov is None else cov.to(device),
                 q.to(device),
                 self._loc(bounds, q).to(device),
@@ -743,7 +745,7 @@ class MisoModel(ChipModel):
             q = torch.stack([t["query_xy"] for t in items])[:, None, :]
             s2, cov = self._inputs(image, valid)
             logits = self.net_(
-                s2.to(device),
+                None if s2 is None else s2.to(device),
                 None if cov is None else cov.to(device),
                 q.to(device),
                 self._loc(bounds, q).to(device),
@@ -778,7 +780,9 @@ class MisoModel(ChipModel):
         device = self._device()
         net: MisoNet = self.net_  # type: ignore[assignment]
         s2, cov = self._inputs(images, valids)
-        feats = net.encode(s2.to(device), None if cov is None else cov.to(device))
+        feats = net.encode(
+            None if s2 is None else s2.to(device), None if cov is None else cov.to(device)
+        )
         loc = self._loc(bounds, q)
         parts, embs = [], []
         for start in range(0, q.shape[1], chunk):
@@ -790,6 +794,53 @@ class MisoModel(ChipModel):
                 embs.append(emb.float().cpu().numpy())
         probs = np.concatenate(parts, axis=1)
         return probs, (np.concatenate(embs, axis=1) if embed else None)
+
+    @torch.no_grad()
+    def _decode_each(
+        self,
+        images: torch.Tensor,
+        valids: torch.Tensor,
+        bounds: torch.Tensor,
+        queries: list[np.ndarray],
+        embed: bool = False,
+        chunk: int = 2048,
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Encode a batch of windows once, then decode each window's own queries (no padding
+        to the longest window) in chunks that keep the decoder's working set small.
+
+        Args:
+            queries: per window ``(n_k, 2)`` positions in [-1, 1].
+
+        Returns:
+            per window ``(n_k, n_classes)`` probabilities and, with ``embed``, ``(n_k, dim)``
+            float32 embeddings the head reads.
+        """
+        device = self._device()
+        net: MisoNet = self.net_  # type: ignore[assignment]
+        s2, cov = self._inputs(images, valids)
+        feats = net.encode(
+            None if s2 is None else s2.to(device), None if cov is None else cov.to(device)
+        )
+        probs: list[np.ndarray] = []
+        embs: list[np.ndarray] = []
+        for k, qk in enumerate(queries):
+            one = {name: [t[k : k + 1] for t in maps] for name, maps in feats.items()}
+            q = torch.from_numpy(np.asarray(qk, dtype=np.float32))[None]
+            loc = self._loc(bounds[k : k + 1], q)
+            parts, eparts = [], []
+            for start in range(0, q.shape[1], chunk):
+                out = net.decode(
+                    one,
+                    q[:, start : start + chunk].to(device),
+                    loc[:, start : start + chunk].to(device),
+                )
+                parts.append(self._probs(out["logits"])[0])
+                if embed:
+                    eparts.append(out["head_emb"][0].float().cpu().numpy())
+            probs.append(np.concatenate(parts) if parts else np.zeros((0, self.n_classes)))
+            if embed:
+                embs.append(np.concatenate(eparts) if eparts else np.zeros((0, 0), np.float32))
+        return probs, (embs if embed else None)
 
     def map_stride(self, stride: int | None = None) -> int:
         """The window stride of the map path (default: half a chip)."""
@@ -854,21 +905,22 @@ class MisoModel(ChipModel):
                 rr0, rr1 = max(wr, r0), min(wr + size, r0 + h)
                 cc0, cc1 = max(wc, c0), min(wc + size, c0 + w)
                 spans.append((rr0, rr1, cc0, cc1))
-            n_max = max((a1 - a0) * (b1 - b0) for a0, a1, b0, b1 in spans)
-            q = torch.zeros(len(batch), n_max, 2)
-            for k, ((wr, wc), (rr0, rr1, cc0, cc1)) in enumerate(zip(batch, spans, strict=True)):
+            queries = []
+            for (wr, wc), (rr0, rr1, cc0, cc1) in zip(batch, spans, strict=True):
                 rows, cols = np.meshgrid(
                     np.arange(rr0, rr1) - wr, np.arange(cc0, cc1) - wc, indexing="ij"
                 )
-                qk = np.stack(
-                    [(2 * cols.ravel() + 1) / size - 1, (2 * rows.ravel() + 1) / size - 1], axis=1
+                queries.append(
+                    np.stack(
+                        [(2 * cols.ravel() + 1) / size - 1, (2 * rows.ravel() + 1) / size - 1],
+                        axis=1,
+                    )
                 )
-                q[k, : len(qk)] = torch.from_numpy(qk.astype(np.float32))
-            probs, emb = self._decode(
+            probs, emb = self._decode_each(
                 torch.stack(images),
                 torch.stack(valids),
                 torch.tensor(bounds, dtype=torch.float64),
-                q,
+                queries,
                 embed=embed,
             )
             for k, ((wr, wc), (rr0, rr1, cc0, cc1)) in enumerate(zip(batch, spans, strict=True)):
@@ -876,11 +928,11 @@ class MisoModel(ChipModel):
                 weight = np.outer(wt[rr0 - wr : rr1 - wr], wt[cc0 - wc : cc1 - wc])
                 weight = weight.astype(np.float32)
                 region = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
-                pk = probs[k, : hh * ww].T.reshape(self.n_classes, hh, ww)
+                pk = probs[k].T.reshape(self.n_classes, hh, ww)
                 acc[:, region[0], region[1]] += weight * pk.astype(np.float32)
                 total[region] += weight
                 if emb is not None:
-                    ek = emb[k, : hh * ww].T.reshape(-1, hh, ww)
+                    ek = emb[k].T.reshape(-1, hh, ww)
                     if acc_emb is None:
                         acc_emb = np.zeros((ek.shape[0], h, w), dtype=np.float32)
                     acc_emb[:, region[0], region[1]] += weight * ek
@@ -943,28 +995,26 @@ class MisoModel(ChipModel):
                 valids.append(torch.from_numpy(valid))
                 bounds.append(grid.bounds_of(wr, wc, size, size))
                 members.append(pair[order[cuts[t] : cuts[t + 1]], 0])
-            q = torch.zeros(len(members), max(len(m) for m in members), 2)
-            weights = []
-            for k, (t, m) in enumerate(zip(ks, members, strict=True)):
+            queries, weights = [], []
+            for t, m in zip(ks, members, strict=True):
                 ur, uc = row[m] - keys[t, 0], col[m] - keys[t, 1]
-                qk = np.stack([(2 * uc + 1) / size - 1, (2 * ur + 1) / size - 1], axis=1)
-                q[k, : len(m)] = torch.from_numpy(qk.astype(np.float32))
+                queries.append(np.stack([(2 * uc + 1) / size - 1, (2 * ur + 1) / size - 1], axis=1))
                 weights.append(wt[ur] * wt[uc])
-            probs, emb = self._decode(
+            probs, emb = self._decode_each(
                 torch.stack(images),
                 torch.stack(valids),
                 torch.tensor(bounds, dtype=torch.float64),
-                q,
+                queries,
                 embed=embed,
             )
             for k, m in enumerate(members):
                 wk = weights[k]
-                np.add.at(out, m, wk[:, None] * probs[k, : len(m)])
+                np.add.at(out, m, wk[:, None] * probs[k])
                 np.add.at(total, m, wk)
                 if emb is not None:
                     if out_emb is None:
-                        out_emb = np.zeros((n, emb.shape[-1]))
-                    np.add.at(out_emb, m, wk[:, None] * emb[k, : len(m)])
+                        out_emb = np.zeros((n, emb[k].shape[-1]))
+                    np.add.at(out_emb, m, wk[:, None] * emb[k])
         out /= total[:, None]
         if embed:
             assert out_emb is not None
