@@ -399,6 +399,17 @@ def test_predict_cli_and_its_errors(rf_run, env, tmp_path, capsys):
     assert "no MLflow run" in capsys.readouterr().err
     assert main([*base, "--all", "--fold", "7"]) == 2
     assert "fold" in capsys.readouterr().err
+    # A fold's own run id implies its fold; another --fold with it is refused.
+    client = MlflowClient(env["uri"])
+    parent = client.get_run(rf_run)
+    fold1 = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{rf_run}' and tags.fold = '1'"
+    )[0].info.run_id
+    other = ["predict", "--run", fold1, "--tracking-uri", env["uri"], "--out", str(tmp_path / "f")]
+    assert main([*other, "--tile", "AK050H50V15", "--fold", "final"]) == 2
+    assert "is the model of fold 1" in capsys.readouterr().err
+    assert main([*other, "--tile", "AK050H50V15", "--no-log"]) == 0
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["fold"] == "1"
     assert not os.path.exists(tmp_path / "x")
 
 
