@@ -38,30 +38,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import MisoBenchError
+from .bands import SATLAS_S2_BANDS
+from .synthetic.landscape import CLIMATE_BANDS, TAX_ORDERS
+from .synthetic.terrain import TERRAIN_BANDS
 from .tiles import tile_bounds
 
 __all__ = ["LABEL_RULES", "ImportReport", "import_reference"]
 
-REFERENCE_S2_BANDS = ("B04", "B03", "B02", "B05", "B06", "B07", "B08", "B11", "B12")
-REFERENCE_TERRAIN = (
-    "aspct_4",
-    "elevation_full_10m_3338",
-    "maxc_4",
-    "sl_4",
-    "spi",
-    "swi_10",
-    "tpi_4",
-)
-REFERENCE_CLIMATE = ("ppt_annual", "tmean_swi", "tmin_january")
-TAX_ORDERS = (
-    "Andisols",
-    "Entisols",
-    "Gelisols",
-    "Histosols",
-    "Inceptisols",
-    "Mollisols",
-    "Spodosols",
-)
+# The reference's band and class names are those of the synthetic generator (made to match).
+REFERENCE_S2_BANDS = SATLAS_S2_BANDS
+REFERENCE_TERRAIN = TERRAIN_BANDS
+REFERENCE_CLIMATE = CLIMATE_BANDS
 S2_NODATA = -32767.0
 COV_NODATA = -3e38
 LABEL_RULES = ("unanimous", "majority", "first")

@@ -378,10 +378,15 @@ def run_tags(run_id: str, uri: str | None = None) -> dict[str, str]:
     Raises:
         MisoBenchError: no such run in the store.
     """
+    return dict(_get_run(_client(uri), run_id, uri).data.tags)
+
+
+def _get_run(client: Any, run_id: str, uri: str | None) -> Any:
+    """``client.get_run`` with the one-line error of an unknown run id."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(_client(uri).get_run(run_id).data.tags)
+        return client.get_run(run_id)
     except MlflowException as exc:
         raise MisoBenchError(
             f"no MLflow run {run_id!r} in {uri or default_tracking_uri()} (fix: copy the run "
@@ -422,17 +427,8 @@ def find_model_run(run_id: str, fold: str, uri: str | None = None) -> str:
     Raises:
         MisoBenchError: unknown run, no such fold, or no model logged.
     """
-    from mlflow.exceptions import MlflowException
-
     client = _client(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise MisoBenchError(
-            f"no MLflow run {run_id!r} in {uri or default_tracking_uri()} (fix: copy the run "
-            "id from `miso-bench run`'s output or the MLflow UI; pass --tracking-uri for "
-            "another store)"
-        ) from exc
+    run = _get_run(client, run_id, uri)
     tags = run.data.tags
     if tags.get("run_level") in ("fold", "final"):
         return run_id

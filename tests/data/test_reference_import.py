@@ -102,28 +102,17 @@ def test_values_at_pedons_equal_the_h5_source(imported):
     assert far[list(manifest.modalities["climate"].bands)].isna().all(axis=None)
 
 
+def _run_with_split(data, split, uri) -> int:
+    """``miso-bench run`` of the majority null with a reference split file."""
+    args = ["run", "--model", "majority", "--task", "pf1m", "--data", str(data)]
+    return main([*args, "--cv", f"file:{split}", "--tracking-uri", uri, "--set", "eval.n_boot=10"])
+
+
 def test_split_files_round_trip(imported, tmp_path):
     _src, out = imported
     uri = f"sqlite:///{tmp_path}/t.db"
     split = out / "splits" / "kfold5_split_train_test_indices.json"
-    code = main(
-        [
-            "run",
-            "--model",
-            "majority",
-            "--task",
-            "pf1m",
-            "--data",
-            str(out),
-            "--cv",
-            f"file:{split}",
-            "--tracking-uri",
-            uri,
-            "--set",
-            "eval.n_boot=10",
-        ]
-    )
-    assert code == 0
+    assert _run_with_split(out, split, uri) == 0
     client = MlflowClient(uri)
     run = client.search_runs(
         [client.get_experiment_by_name("aksdb/pf1m").experiment_id],
@@ -136,26 +125,7 @@ def test_split_files_round_trip(imported, tmp_path):
         got = set(oof.loc[oof["fold"] == k, "id"].astype(str))
         assert got == want & set(oof["id"].astype(str))
     uniform = out / "splits" / "uniform_split_train_test_indices.json"
-    assert (
-        main(
-            [
-                "run",
-                "--model",
-                "majority",
-                "--task",
-                "pf1m",
-                "--data",
-                str(out),
-                "--cv",
-                f"file:{uniform}",
-                "--tracking-uri",
-                uri,
-                "--set",
-                "eval.n_boot=10",
-            ]
-        )
-        == 0
-    )
+    assert _run_with_split(out, uniform, uri) == 0
 
 
 def test_an_interrupted_import_resumes_and_bad_input_is_one_line(imported, capsys, tmp_path):

@@ -795,6 +795,26 @@ class MisoModel(ChipModel):
         probs = np.concatenate(parts, axis=1)
         return probs, (np.concatenate(embs, axis=1) if embed else None)
 
+    def _decode_windows(
+        self, origins: list[tuple[int, int]], queries: list[np.ndarray], embed: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Read the chip-sized windows at global pixels ``origins`` and decode each one's
+        queries (:meth:`_decode_each`)."""
+        size, grid = self._size, self._grid
+        images, valids, bounds = [], [], []
+        for wr, wc in origins:
+            image, valid = self._source.window(wr, wc, size, size)
+            images.append(torch.from_numpy(image))
+            valids.append(torch.from_numpy(valid))
+            bounds.append(grid.bounds_of(wr, wc, size, size))
+        return self._decode_each(
+            torch.stack(images),
+            torch.stack(valids),
+            torch.tensor(bounds, dtype=torch.float64),
+            queries,
+            embed=embed,
+        )
+
     @torch.no_grad()
     def _decode_each(
         self,
@@ -883,7 +903,7 @@ class MisoModel(ChipModel):
 
         self._check_ready()
         self.net_.eval()
-        size, grid = self._size, self._grid
+        size = self._size
         stride = self.map_stride(stride)
         wt = blend_weights(size)
         acc = np.zeros((self.n_classes, h, w), dtype=np.float32)
@@ -896,12 +916,8 @@ class MisoModel(ChipModel):
         ]
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            images, valids, bounds, spans = [], [], [], []
+            spans = []
             for wr, wc in batch:
-                image, valid = self._source.window(wr, wc, size, size)
-                images.append(torch.from_numpy(image))
-                valids.append(torch.from_numpy(valid))
-                bounds.append(grid.bounds_of(wr, wc, size, size))
                 rr0, rr1 = max(wr, r0), min(wr + size, r0 + h)
                 cc0, cc1 = max(wc, c0), min(wc + size, c0 + w)
                 spans.append((rr0, rr1, cc0, cc1))
@@ -916,13 +932,7 @@ class MisoModel(ChipModel):
                         axis=1,
                     )
                 )
-            probs, emb = self._decode_each(
-                torch.stack(images),
-                torch.stack(valids),
-                torch.tensor(bounds, dtype=torch.float64),
-                queries,
-                embed=embed,
-            )
+            probs, emb = self._decode_windows(batch, queries, embed)
             for k, ((wr, wc), (rr0, rr1, cc0, cc1)) in enumerate(zip(batch, spans, strict=True)):
                 hh, ww = rr1 - rr0, cc1 - cc0
                 weight = np.outer(wt[rr0 - wr : rr1 - wr], wt[cc0 - wc : cc1 - wc])
@@ -987,26 +997,14 @@ class MisoModel(ChipModel):
         cuts = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
         for start in range(0, len(keys), batch_size):
             ks = range(start, min(start + batch_size, len(keys)))
-            images, valids, bounds, members = [], [], [], []
-            for t in ks:
-                wr, wc = int(keys[t, 0]), int(keys[t, 1])
-                image, valid = self._source.window(wr, wc, size, size)
-                images.append(torch.from_numpy(image))
-                valids.append(torch.from_numpy(valid))
-                bounds.append(grid.bounds_of(wr, wc, size, size))
-                members.append(pair[order[cuts[t] : cuts[t + 1]], 0])
+            origins = [(int(keys[t, 0]), int(keys[t, 1])) for t in ks]
+            members = [pair[order[cuts[t] : cuts[t + 1]], 0] for t in ks]
             queries, weights = [], []
             for t, m in zip(ks, members, strict=True):
                 ur, uc = row[m] - keys[t, 0], col[m] - keys[t, 1]
                 queries.append(np.stack([(2 * uc + 1) / size - 1, (2 * ur + 1) / size - 1], axis=1))
                 weights.append(wt[ur] * wt[uc])
-            probs, emb = self._decode_each(
-                torch.stack(images),
-                torch.stack(valids),
-                torch.tensor(bounds, dtype=torch.float64),
-                queries,
-                embed=embed,
-            )
+            probs, emb = self._decode_windows(origins, queries, embed)
             for k, m in enumerate(members):
                 wk = weights[k]
                 np.add.at(out, m, wk[:, None] * probs[k])
@@ -1017,7 +1015,8 @@ class MisoModel(ChipModel):
                     np.add.at(out_emb, m, wk[:, None] * emb[k])
         out /= total[:, None]
         if embed:
-            assert out_emb is not None
+            if out_emb is None:  # every point had a window, so embeddings were summed
+                raise RuntimeError("predict_points: no embedding was decoded")
             return out, out_emb / total[:, None]
         return out
 
