@@ -51,9 +51,14 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+@cache
 def git_commit() -> str:
     """The checkout's commit, ``-dirty+<hash of the diff>`` when the package has uncommitted
-    changes; ``unknown`` outside a git checkout."""
+    changes; ``unknown`` outside a git checkout.
+
+    Read once per process: the code a process runs is the code it imported, so a checkout
+    edited while a long sweep runs does not relabel the sweep's later runs with code they did
+    not run."""
     commit = (_git("rev-parse", "HEAD") or "").strip()
     if not commit:
         return "unknown"
