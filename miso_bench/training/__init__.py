@@ -4,7 +4,7 @@
   multiplier for the backbone;
 - linear warm-up then cosine decay to ``min_lr_ratio``, stepped per iteration, continuous (no
   jump at the end of warm-up);
-- gradient clipping; bf16 autocast and channels-last on CUDA;
+- the fused AdamW kernel; gradient clipping; bf16 autocast and channels-last on CUDA;
 - model selection and early stopping on a validation score computed by the caller on the
   inner validation split (never the test fold); without a validation split (``validate``
   returns None) the last epoch is kept and training runs every epoch;
@@ -185,8 +185,12 @@ def fit_module(
         )
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     writer = ckpt if rank == 0 else None  # rank 0 alone writes checkpoints
+    # The fused AdamW kernel (CPU and CUDA) does the single-tensor update's arithmetic in one
+    # pass over each parameter: 4x faster on CPU (benchmarks/bench_miso.py), same numbers.
     optimizer = torch.optim.AdamW(
-        param_groups(module, backbone, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay), lr=cfg.lr
+        param_groups(module, backbone, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
+        lr=cfg.lr,
+        fused=True,
     )
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_frac * total)

@@ -823,10 +823,12 @@ class MisoModel(ChipModel):
         bounds: torch.Tensor,
         queries: list[np.ndarray],
         embed: bool = False,
-        chunk: int = 2048,
+        chunk: int = 4096,
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Encode a batch of windows once, then decode each window's own queries (no padding
-        to the longest window) in chunks that keep the decoder's working set small.
+        """Encode a batch of windows once, then decode every window's own queries (no padding
+        to the longest window): all of them in one row, each naming its window, in chunks
+        that keep the decoder's working set small. Windows with a few points each (pedons,
+        the truth sample) thus cost one decoder call per chunk, not one per window.
 
         Args:
             queries: per window ``(n_k, 2)`` positions in [-1, 1].
@@ -841,26 +843,30 @@ class MisoModel(ChipModel):
         feats = net.encode(
             None if s2 is None else s2.to(device), None if cov is None else cov.to(device)
         )
-        probs: list[np.ndarray] = []
-        embs: list[np.ndarray] = []
-        for k, qk in enumerate(queries):
-            one = {name: [t[k : k + 1] for t in maps] for name, maps in feats.items()}
-            q = torch.from_numpy(np.asarray(qk, dtype=np.float32))[None]
-            loc = self._loc(bounds[k : k + 1], q)
-            parts, eparts = [], []
-            for start in range(0, q.shape[1], chunk):
-                out = net.decode(
-                    one,
-                    q[:, start : start + chunk].to(device),
-                    loc[:, start : start + chunk].to(device),
-                )
-                parts.append(self._probs(out["logits"])[0])
-                if embed:
-                    eparts.append(out["head_emb"][0].float().cpu().numpy())
-            probs.append(np.concatenate(parts) if parts else np.zeros((0, self.n_classes)))
+        counts = [len(qk) for qk in queries]
+        q = torch.from_numpy(
+            np.concatenate([np.asarray(qk, dtype=np.float32).reshape(-1, 2) for qk in queries])
+        )[None]
+        chip = torch.repeat_interleave(torch.arange(len(queries)), torch.tensor(counts))[None]
+        loc = self._loc(bounds[chip[0]], q[0][:, None, :])[:, 0][None]  # (1, M, 2)
+        parts, eparts = [], []
+        for start in range(0, q.shape[1], chunk):
+            out = net.decode(
+                feats,
+                q[:, start : start + chunk].to(device),
+                loc[:, start : start + chunk].to(device),
+                chip=chip[:, start : start + chunk].to(device),
+            )
+            parts.append(self._probs(out["logits"])[0])
             if embed:
-                embs.append(np.concatenate(eparts) if eparts else np.zeros((0, 0), np.float32))
-        return probs, (embs if embed else None)
+                eparts.append(out["head_emb"][0].float().cpu().numpy())
+        cuts = np.cumsum(counts)[:-1]
+        probs_all = np.concatenate(parts) if parts else np.zeros((0, self.n_classes))
+        probs = np.split(probs_all, cuts)
+        if not embed:
+            return probs, None
+        embs_all = np.concatenate(eparts) if eparts else np.zeros((0, 0), np.float32)
+        return probs, np.split(embs_all, cuts)
 
     def map_stride(self, stride: int | None = None) -> int:
         """The window stride of the map path (default: half a chip)."""

@@ -8,10 +8,15 @@ the four outputs are blended with bilinear weights. This fixes the reference's a
 (it paired x with row centres), so with an MLP that ignores ``r`` the decoder reproduces
 exact bilinear interpolation.
 
-The first MLP layer is linear in ``[f_i, r_i]``: ``W [f; r] + b = (W_f f + b) + W_r r``.
-The efficient formulation projects every cell once per chip (``W_f F``) and adds the cheap
-offset term per query, instead of running the layer on every (query, corner) pair; both
-formulations give the same outputs (tested to 1e-5).
+The fast formulation does the same arithmetic with less work (both give the same outputs
+and gradients, tested to 1e-5 against ``exact=True``, the straightforward one):
+- the blend weights sum to one and the MLP's last layer is affine, so the corners'
+  activations are blended *before* it: the widest matrix product runs once per query, not
+  once per (query, corner) pair;
+- the first layer is linear in ``[f_i, r_i]``: ``W [f; r] + b = (W_f f + b) + W_r r``; with
+  many queries every cell is projected once per chip, and the offset term splits into a
+  per-cell part (folded into the projection) and a per-query part shared by the 4 corners;
+- without autograd the (query, corner) activations are formed in chunks that stay in cache.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ImplicitQueryDecoder", "LocalImplicitQuery", "corner_weights"]
+
+#: Queries per chunk of the inference path (their (chunk, 4, D) activations stay in cache).
+_CHUNK = 512
 
 
 def corner_weights(
@@ -54,12 +62,21 @@ def corner_weights(
     return rows_c.long(), cols_c.long(), weights, offsets
 
 
-def _gather(cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``cells (B, h, w, C)`` at ``(rows, cols) (B, N, 4)`` -> ``(B, N, 4, C)``."""
+def _gather(
+    cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, chip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``cells (B, h, w, C)`` at ``(rows, cols) (B, N, 4)`` -> ``(B, N, 4, C)``.
+
+    With ``chip`` (``(1, M)``, long), the queries of every chip come as one row ``(1, M, 4)``
+    and ``chip`` names the map each one reads.
+    """
     b, h, w, c = cells.shape
-    flat = (rows * w + cols).reshape(b, -1)
-    out = torch.gather(cells.reshape(b, h * w, c), 1, flat[..., None].expand(-1, -1, c))
-    return out.reshape(*rows.shape, c)
+    if chip is None:
+        base = torch.arange(b, device=rows.device).reshape(b, *([1] * (rows.ndim - 1)))
+    else:
+        base = chip[..., None]
+    flat = (base * (h * w) + rows * w + cols).reshape(-1)
+    return cells.reshape(b * h * w, c).index_select(0, flat).reshape(*rows.shape, c)
 
 
 class LocalImplicitQuery(nn.Module):
@@ -82,29 +99,84 @@ class LocalImplicitQuery(nn.Module):
             layers += [nn.GELU(), nn.Linear(a, b)]
         self.rest = nn.Sequential(*layers)
 
-    def forward(self, fmap: torch.Tensor, q: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """``fmap (B, C, h, w)``, ``q (B, N, 2)`` -> ``(B, N, out_dim)``.
+    def forward(
+        self,
+        fmap: torch.Tensor,
+        q: torch.Tensor,
+        exact: bool = False,
+        chip: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``fmap (B, C, h, w)``, ``q (B, N, 2)`` -> ``(B, N, out_dim)``; with ``chip``
+        (``(1, M)``), ``q (1, M, 2)`` holds every chip's queries in one row (no padding) and
+        ``chip`` names each query's chip.
 
-        ``exact=True`` runs the straightforward formulation (first layer on every gathered
-        feature); otherwise each cell's share of the first layer is precomputed once, unless
-        the queries are too few for that to pay off.
+        ``exact=True`` runs the straightforward formulation (the whole MLP on every gathered
+        (query, corner) feature, then the blend); otherwise :meth:`blended_hidden` then the
+        last layer, which gives the same numbers with a quarter of its work.
         """
-        _, c, h, w = fmap.shape
-        rows, cols, weights, offsets = corner_weights(q, h, w)
+        if exact:
+            h, w = fmap.shape[-2:]
+            rows, cols, weights, offsets = corner_weights(q, h, w)
+            feats = _gather(fmap.permute(0, 2, 3, 1), rows, cols, chip)  # (B, N, 4, C)
+            out = self.rest(self.first(torch.cat([feats, offsets], dim=-1)))
+            return (out * weights[..., None]).sum(dim=-2)
+        hidden = self.blended_hidden(fmap, q, chip)
+        return self.rest[-1](hidden) if len(self.rest) else hidden
+
+    def blended_hidden(
+        self, fmap: torch.Tensor, q: torch.Tensor, chip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The blend of the four corners' activations entering the MLP's last (linear) layer.
+
+        The blend weights sum to one and the last layer is affine, so blending its inputs
+        instead of its outputs gives the same result: ``sum_i w_i (W a_i + b) = W (sum_i w_i
+        a_i) + b``. The first layer's offset term is also shared: with the query's continuous
+        cell coordinates ``(gx, gy)`` and a corner cell ``(col, row)``, ``W_r r_i = W_x gx +
+        W_y gy - (W_x col + W_y row)``; the bracket goes into the per-cell projection, the rest
+        is computed once per query instead of once per corner.
+        """
+        b, c, h, w = fmap.shape
         cells = fmap.permute(0, 2, 3, 1)
-        # Projecting every cell once pays off when queries x 4 corners outnumber the cells
-        # (maps, dense evaluation); for a few training queries on a fine stage, gathering first
-        # is cheaper. Both give the same numbers.
-        if exact or 4 * q.shape[1] < h * w:
-            feats = _gather(cells, rows, cols)  # (B, N, 4, C)
-            z = self.first(torch.cat([feats, offsets], dim=-1))
-        else:
-            w_f = self.first.weight[:, :c]
-            w_r = self.first.weight[:, c:]
-            projected = F.linear(cells, w_f, self.first.bias)  # once per cell
-            z = _gather(projected, rows, cols) + offsets @ w_r.T
-        out = self.rest(z)  # (B, N, 4, D)
-        return (out * weights[..., None]).sum(dim=-2)
+        n = q.shape[1]
+        if 4 * q.shape[0] * n < b * h * w:
+            # A few queries on a fine stage (training): gather, then the first layer.
+            rows, cols, weights, offsets = corner_weights(q, h, w)
+            z = self.first(torch.cat([_gather(cells, rows, cols, chip), offsets], dim=-1))
+            return self._blend(z, weights)
+        # Many queries (maps, dense evaluation): project every cell once.
+        rows, cols, weights, _ = corner_weights(q, h, w)
+        weight = self.first.weight
+        w_x, w_y = weight[:, c], weight[:, c + 1]
+        col_idx = torch.arange(w, dtype=fmap.dtype, device=fmap.device)
+        row_idx = torch.arange(h, dtype=fmap.dtype, device=fmap.device)
+        projected = (
+            F.linear(cells, weight[:, :c], self.first.bias)
+            - col_idx[None, None, :, None] * w_x
+            - row_idx[None, :, None, None] * w_y
+        )  # (B, h, w, D): the per-cell part of the first layer
+        gx = (q[..., 0] + 1) * w / 2 - 0.5
+        gy = (q[..., 1] + 1) * h / 2 - 0.5
+        per_query = gx[..., None] * w_x + gy[..., None] * w_y  # (B, N, D)
+        if torch.is_grad_enabled():
+            z = _gather(projected, rows, cols, chip) + per_query[..., None, :]
+            return self._blend(z, weights)
+        # Without autograd, in chunks of queries whose (chunk, 4, D) activations stay in cache.
+        parts = []
+        for s in range(0, n, _CHUNK):
+            part = None if chip is None else chip[:, s : s + _CHUNK]
+            z = _gather(projected, rows[:, s : s + _CHUNK], cols[:, s : s + _CHUNK], part)
+            z += per_query[:, s : s + _CHUNK, None, :]
+            parts.append(self._blend(z, weights[:, s : s + _CHUNK]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _blend(self, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """First-layer outputs ``(B, N, 4, D)`` -> the blended input of the last layer."""
+        a = z
+        for layer in list(self.rest)[:-1]:  # every layer but the last
+            a = layer(a)
+        b, n, k, d = a.shape
+        blended = torch.bmm(weights.reshape(b * n, 1, k), a.reshape(b * n, k, d))
+        return blended.reshape(b, n, d)
 
 
 class ImplicitQueryDecoder(nn.Module):
@@ -137,17 +209,36 @@ class ImplicitQueryDecoder(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(
-        self, fmaps: Sequence[torch.Tensor], q: torch.Tensor, exact: bool = False
+        self,
+        fmaps: Sequence[torch.Tensor],
+        q: torch.Tensor,
+        exact: bool = False,
+        chip: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Feature maps of every stage and queries ``(B, N, 2)`` -> ``(B, N, out_dim)``."""
-        outs = [query(f, q, exact) for query, f in zip(self.queries, fmaps, strict=True)]
-        fused = (
-            torch.stack(outs).sum(0)
-            if self.fusion == "sum"
-            else self.project(torch.cat(outs, dim=-1))
-        )
-        return self.norm(fused)
+        """Feature maps of every stage and queries ``(B, N, 2)`` -> ``(B, N, out_dim)`` (see
+        :meth:`LocalImplicitQuery.forward` for ``chip``)."""
+        return self.fuse(self.stage_outputs(fmaps, q, exact, chip), exact)
 
-    def stage_outputs(self, fmaps: Sequence[torch.Tensor], q: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage query outputs (for attention fusion)."""
-        return [query(f, q) for query, f in zip(self.queries, fmaps, strict=True)]
+    def stage_outputs(
+        self,
+        fmaps: Sequence[torch.Tensor],
+        q: torch.Tensor,
+        exact: bool = False,
+        chip: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Per-stage query outputs ``(B, N, out_dim)`` (attention fusion reads them too)."""
+        return [query(f, q, exact, chip) for query, f in zip(self.queries, fmaps, strict=True)]
+
+    def fuse(self, outs: Sequence[torch.Tensor], exact: bool = False) -> torch.Tensor:
+        """Per-stage outputs -> the fused, normalised embedding."""
+        if self.fusion == "concat":
+            return self.norm(self.project(torch.cat(list(outs), dim=-1)))
+        if exact:
+            return self.norm(torch.stack(list(outs)).sum(0))
+        fused = outs[0]
+        for i, out in enumerate(outs[1:]):
+            if torch.is_grad_enabled():
+                fused = fused + out
+            else:  # in place, into a new tensor (the first stage's output stays as it was)
+                fused = fused + out if i == 0 else fused.add_(out)
+        return self.norm(fused)

@@ -156,14 +156,22 @@ class MisoNet(nn.Module):
         fmaps: list[torch.Tensor],
         q: torch.Tensor,
         exact: bool,
+        chip: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.cfg.query == "center":
-            # Ablation: no implicit decoder, every query sees the chip-centre features.
-            centre = torch.zeros_like(q)
-            emb = decoder(fmaps, centre, exact)
-            return emb, []
-        stages = decoder.stage_outputs(fmaps, q) if self.cfg.decoder == "attn" else []
-        return decoder(fmaps, q, exact), stages
+            # Ablation: no implicit decoder, every query sees the chip-centre features: decoded
+            # once per chip (every query to the straightforward formulation).
+            if exact:
+                return decoder(fmaps, torch.zeros_like(q), exact, chip), []
+            per_chip = decoder(fmaps, q.new_zeros(fmaps[0].shape[0], 1, 2))  # (B, 1, D)
+            if chip is not None:
+                return per_chip[chip.reshape(-1), 0][None], []
+            # One row per chip; :meth:`decode` broadcasts it to the queries at the end.
+            return per_chip, []
+        if self.cfg.decoder == "attn":  # the fused embedding and the stages it came from
+            stages = decoder.stage_outputs(fmaps, q, exact, chip)
+            return decoder.fuse(stages, exact), stages
+        return decoder(fmaps, q, exact, chip), []
 
     def encode(
         self, s2: torch.Tensor | None, cov: torch.Tensor | None
@@ -207,8 +215,13 @@ class MisoNet(nn.Module):
         query_xy: torch.Tensor,
         loc_xy: torch.Tensor,
         exact: bool = False,
+        chip: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Decode queries from encoded chips (one encoding answers any number of queries).
+
+        With ``chip`` (``(1, M)``, long), ``query_xy`` and ``loc_xy`` are ``(1, M, 2)``: the
+        queries of every chip in one row, ``chip`` naming each one's chip (chips with few
+        queries each, e.g. sparse points, are decoded together without padding).
 
         Returns:
             ``logits (B, N, n_outputs)``, ``head_emb`` (what the head reads) and, when
@@ -226,12 +239,12 @@ class MisoNet(nn.Module):
             out["logits"] = out["geo_logits"]
             out["head_emb"] = geo_hidden  # what the head reads
             return out
-        s2_emb, stages = self._query(self.s2_query, feats["s2"], query_xy, exact)
+        s2_emb, stages = self._query(self.s2_query, feats["s2"], query_xy, exact, chip)
         s2_emb = self.s2_mapper(s2_emb)
         out["s2_emb"] = s2_emb
         visual = s2_emb
         if hasattr(self, "cov_encoder"):
-            cov_emb, _ = self._query(self.cov_query, feats["cov"], query_xy, exact)
+            cov_emb, _ = self._query(self.cov_query, feats["cov"], query_xy, exact, chip)
             cov_emb = self.cov_mapper(cov_emb)
             out["cov_emb"] = cov_emb
             visual = visual + cov_emb
@@ -247,4 +260,8 @@ class MisoNet(nn.Module):
         else:
             out["head_emb"] = visual
         out["logits"] = self.head(out["head_emb"])
+        b, n, _ = query_xy.shape
+        for key in ("s2_emb", "cov_emb", "visual_emb", "head_emb", "logits"):
+            if key in out and out[key].shape[1] != n:  # the `center` ablation: one per chip
+                out[key] = out[key].expand(b, n, -1)
         return out
