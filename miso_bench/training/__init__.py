@@ -33,7 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import warn
 from .distributed import broadcast, shard
 
-__all__ = ["TrainConfig", "TrainResult", "cosine_with_warmup", "fit_module", "param_groups"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "cosine_with_warmup",
+    "fit_module",
+    "param_groups",
+    "restore_optimizer",
+]
 
 
 @dataclass
@@ -131,6 +138,22 @@ def _load_checkpoint(path: Path, device: torch.device) -> Any:
         return None
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load an optimizer state, keeping this loop's fused kernel: ``load_state_dict`` copies
+    every setting of the saved groups, so a checkpoint written by the single-tensor AdamW
+    would otherwise switch the resumed fit back to it (same numbers, slower)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        if "fused" not in group:
+            continue
+        group["fused"] = True
+        group["foreach"] = None
+        for p in group["params"]:  # the fused kernel wants fp32 steps on the parameter's device
+            st = optimizer.state.get(p, {})
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate factor: linear 0 -> 1 over ``warmup`` steps, then cosine to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -203,7 +226,7 @@ def fit_module(
     state = _load_checkpoint(ckpt / "last.pt", device) if ckpt is not None else None
     if state is not None:
         module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_optimizer(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch = int(state["epoch"]) + 1
         result.history = list(state["history"])

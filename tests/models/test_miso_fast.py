@@ -118,6 +118,23 @@ def test_the_decoder_with_a_deeper_mlp_and_none():
             )
 
 
+def test_the_offset_split_stays_exact_on_a_wide_map():
+    """Cell indices enter the per-cell projection and the per-query term. On a 300-cell-wide
+    bf16 map (under autocast, as on a GPU) indices past 256 are not bf16 numbers, so they are
+    kept in the weights' fp32: the fast path stays within bf16 noise of the straightforward
+    one (an index rounded to bf16 moved outputs by 0.2)."""
+    torch.manual_seed(6)
+    fmap = torch.randn(1, 4, 3, 300)
+    q = torch.rand(1, 2000, 2) * 2 - 1
+    query = LocalImplicitQuery(4, (16,), 8)
+    with torch.no_grad():
+        torch.testing.assert_close(query(fmap, q), query(fmap, q, exact=True), atol=2e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = query(fmap.bfloat16(), q).float()
+            slow = query(fmap.bfloat16(), q, exact=True).float()
+    assert (fast - slow).abs().max() < 0.05
+
+
 def test_sum_fusion_leaves_the_stage_outputs_untouched():
     """Attention fusion reads the stage outputs after fusing them (in place on a copy)."""
     torch.manual_seed(5)
@@ -132,15 +149,19 @@ def test_sum_fusion_leaves_the_stage_outputs_untouched():
         torch.testing.assert_close(s, c)
 
 
+# [1, 9, 700]: every cell projected (and chunked); [1, 0, 3]: 16 (query, corner) pairs < 3 x 64
+# cells, so the finest stage gathers first; a chip without queries.
+@pytest.mark.parametrize("counts", [[1, 9, 700], [1, 0, 3]])
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("query", ["implicit", "center"])
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_queries_of_many_chips_in_one_row_equal_each_chip_decoded_alone(decoder, query, exact):
+def test_queries_of_many_chips_in_one_row_equal_each_chip_decoded_alone(
+    decoder, query, exact, counts
+):
     """Sparse points (pedons, the truth sample) are decoded together, each naming its chip."""
     net = small_net(decoder, "sum", query)
     s2, cov, _, _ = inputs(1, batch=3)
     g = torch.Generator().manual_seed(7)
-    counts = [1, 9, 700]
     qs = [torch.rand(1, n, 2, generator=g) * 2 - 1 for n in counts]
     locs = [torch.rand(1, n, 2, generator=g) * 2 - 1 for n in counts]
     with torch.no_grad():
@@ -148,6 +169,8 @@ def test_queries_of_many_chips_in_one_row_equal_each_chip_decoded_alone(decoder,
         chip = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))[None]
         together = net.decode(feats, torch.cat(qs, 1), torch.cat(locs, 1), exact, chip=chip)
         for k in range(3):
+            if counts[k] == 0:
+                continue
             one = {name: [t[k : k + 1] for t in maps] for name, maps in feats.items()}
             alone = net.decode(one, qs[k], locs[k], exact)
             rows = chip[0] == k

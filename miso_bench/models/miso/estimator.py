@@ -837,6 +837,8 @@ class MisoModel(ChipModel):
             per window ``(n_k, n_classes)`` probabilities and, with ``embed``, ``(n_k, dim)``
             float32 embeddings the head reads.
         """
+        if not queries:
+            return [], ([] if embed else None)
         device = self._device()
         net: MisoNet = self.net_  # type: ignore[assignment]
         s2, cov = self._inputs(images, valids)

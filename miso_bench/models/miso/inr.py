@@ -147,8 +147,10 @@ class LocalImplicitQuery(nn.Module):
         rows, cols, weights, _ = corner_weights(q, h, w)
         weight = self.first.weight
         w_x, w_y = weight[:, c], weight[:, c + 1]
-        col_idx = torch.arange(w, dtype=fmap.dtype, device=fmap.device)
-        row_idx = torch.arange(h, dtype=fmap.dtype, device=fmap.device)
+        # Cell indices in the weights' precision (fp32): a bf16 feature map cannot hold
+        # integers above 256 exactly.
+        col_idx = torch.arange(w, dtype=weight.dtype, device=fmap.device)
+        row_idx = torch.arange(h, dtype=weight.dtype, device=fmap.device)
         projected = (
             F.linear(cells, weight[:, :c], self.first.bias)
             - col_idx[None, None, :, None] * w_x
