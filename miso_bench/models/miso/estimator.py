@@ -761,40 +761,6 @@ class MisoModel(ChipModel):
         self.net_.eval()
         return self._predict_xy(X["coord_x"].to_numpy(), X["coord_y"].to_numpy())
 
-    @torch.no_grad()
-    def _decode(
-        self,
-        images: torch.Tensor,
-        valids: torch.Tensor,
-        bounds: torch.Tensor,
-        q: torch.Tensor,
-        chunk: int = 16384,
-        embed: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Encode chips once and decode their queries ``(B, N, 2)`` in chunks of queries.
-
-        Returns:
-            probabilities ``(B, N, n_classes)`` and, with ``embed``, the embedding the head
-            reads ``(B, N, dim)`` (float32), else None.
-        """
-        device = self._device()
-        net: MisoNet = self.net_  # type: ignore[assignment]
-        s2, cov = self._inputs(images, valids)
-        feats = net.encode(
-            None if s2 is None else s2.to(device), None if cov is None else cov.to(device)
-        )
-        loc = self._loc(bounds, q)
-        parts, embs = [], []
-        for start in range(0, q.shape[1], chunk):
-            qq = q[:, start : start + chunk]
-            out = net.decode(feats, qq.to(device), loc[:, start : start + chunk].to(device))
-            parts.append(self._probs(out["logits"]))
-            if embed:
-                emb = out["head_emb"]  # the embedding the head reads (the AOA predictors)
-                embs.append(emb.float().cpu().numpy())
-        probs = np.concatenate(parts, axis=1)
-        return probs, (np.concatenate(embs, axis=1) if embed else None)
-
     def _decode_windows(
         self, origins: list[tuple[int, int]], queries: list[np.ndarray], embed: bool
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
@@ -1073,11 +1039,11 @@ class MisoModel(ChipModel):
         _, h, w = image.shape
         rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         q = np.stack([(2 * cols.ravel() + 1) / w - 1, (2 * rows.ravel() + 1) / h - 1], axis=1)
-        probs, _ = self._decode(
+        probs, _ = self._decode_each(
             torch.from_numpy(np.where(valid, image, 0.0).astype(np.float32))[None],
             torch.from_numpy(valid)[None],
             torch.tensor([bounds], dtype=torch.float64),
-            torch.from_numpy(q.astype(np.float32))[None],
+            [q],
         )
         return probs[0].T.reshape(self.n_classes, h, w)
 
