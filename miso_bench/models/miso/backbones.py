@@ -21,6 +21,7 @@ from torchvision.models.swin_transformer import (
 )
 
 from ...errors import MisoBenchError
+from .attention import WindowAttentionV2
 
 __all__ = [
     "SATLAS_S2_FILE",
@@ -78,7 +79,8 @@ class SwinEncoder(nn.Module):
             num_heads=list(num_heads),
             window_size=[window, window],
             stochastic_depth_prob=drop_path,
-            block=SwinTransformerBlockV2,
+            # torchvision's block with the attention that skips padded tokens (same weights)
+            block=partial(SwinTransformerBlockV2, attn_layer=WindowAttentionV2),
             downsample_layer=PatchMergingV2,
             norm_layer=partial(nn.LayerNorm, eps=1e-5),
         )
