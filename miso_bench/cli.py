@@ -307,7 +307,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _validate_names(config)
     bar = _run_progress(f"{config['model']['name']} / {config['cv']['name']} / {config['task']}")
     try:
-        result = run_benchmark(config, progress=bar, announce=tqdm.write)
+        result = run_benchmark(config, progress=bar, announce=tqdm.write, jobs=args.jobs)
     finally:
         bar.close()
     print(format_result(result))
@@ -776,6 +776,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tuned parameters: a finished sweep's best (best:STUDY) or a YAML file",
     )
     run.add_argument("--storage", help="Optuna storage of --params best:STUDY [default: local]")
+    run.add_argument(
+        "--jobs",
+        metavar="N|auto",
+        help="fits (folds, final refit) run side by side in worker processes, each with its "
+        "share of the CPU threads; auto = MISO on a CPU fits one per thread (as memory "
+        "allows), other models and GPUs one at a time [default: $MISO_BENCH_JOBS or auto]",
+    )
     run.set_defaults(func=_cmd_run)
 
     sweep = sub.add_parser(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import parallel
 from .config import config_hash, home_dir
 from .cv import SplitContext, build_splits, fold_diagnostics
 from .data.domain import sample_prediction_domain
@@ -253,6 +254,7 @@ def run_benchmark(
     config: dict[str, Any],
     progress: RunProgress | None = None,
     announce: Callable[[str], None] = print,
+    jobs: int | str | None = None,
 ) -> RunResult:
     """Run one benchmark as configured and log it to MLflow.
 
@@ -260,17 +262,23 @@ def run_benchmark(
         config: a resolved config (see :func:`miso_bench.config.resolve_config`).
         progress: receives setup steps, fold and epoch progress and warnings.
         announce: where to print one-off notices.
+        jobs: fits (folds and the final refit) run at once in worker processes: a number, or
+            ``auto`` (see :func:`miso_bench.parallel.fit_jobs`); None = ``$MISO_BENCH_JOBS``
+            or ``auto``. A fit's numbers depend on the torch threads it had, not on ``jobs``.
 
     Raises:
         RunInProgressError: the same run is running in a live process.
         HygieneError: a test pedon would reach a fit (a defect).
     """
     with _terminate_as_interrupt():
-        return _run(config, progress or _Announcing(announce), announce)
+        return _run(config, progress or _Announcing(announce), announce, jobs)
 
 
 def _run(
-    config: dict[str, Any], reporter: RunProgress, announce: Callable[[str], None]
+    config: dict[str, Any],
+    reporter: RunProgress,
+    announce: Callable[[str], None],
+    jobs: int | str | None,
 ) -> RunResult:
     start = time.perf_counter()
     seed = int(config["seed"])
@@ -299,15 +307,17 @@ def _run(
                     tracker.log_yaml(run_id, config, "config.yaml")
                     tracker.log_pedons(run_id, inputs)
                 caught.tag(tracker, run_id)
-                step = _Step(config, inputs, tracker, run_id, reporter, caught, chash)
-                folds = step.cross_validate(splits, done)
+                n_fits = len(splits) - sum(str(f) in done for f in range(len(splits)))
+                n_fits += int(refit and "final" not in done)
+                params = config["model"]["params"]
+                workers, threads = parallel.fit_jobs(jobs, inputs.kind, params, n_fits)
+                tracker.set_tags(run_id, {"fit_jobs": str(workers), "fit_threads": str(threads)})
+                step = _Step(
+                    config, inputs, tracker, run_id, reporter, caught, chash, workers, threads
+                )
+                folds, final_id = step.cross_validate(splits, done, refit)
                 reporter.step("evaluating")
                 regional, metrics = step.evaluate(folds, diag, name)
-                final_id = done.get("final") if refit else None
-                if refit and final_id is None:
-                    final_id = step.refit()
-                elif refit:
-                    reporter.fold_finished("final", resumed=True)
                 if final_id:
                     tracker.set_tags(run_id, {"final_model_run": final_id})
                 metrics["time/seconds"] = time.perf_counter() - start
@@ -401,6 +411,16 @@ class _Folds:
 
 
 @dataclass
+class _Job:
+    """One fit of a run: an outer fold (``fold`` its index) or the final refit (None)."""
+
+    name: str
+    tags: dict[str, str]
+    spec: Any
+    fold: int | None
+
+
+@dataclass
 class _Step:
     """The steps of one run that log to its MLflow parent run."""
 
@@ -411,6 +431,8 @@ class _Step:
     reporter: RunProgress
     caught: WarningLog
     chash: str
+    workers: int = 1
+    threads: int = 0
     model_tags: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
 
@@ -423,7 +445,8 @@ class _Step:
         return int(self.config["seed"])
 
     def _fit(self, name: str, tags: dict[str, str], spec: Any) -> tuple[str, FoldResult, dict]:
-        """One fit in a nested run: model, predictions, metrics and the truth scores."""
+        """One fit in this process, in a nested run: model, predictions, metrics and the truth
+        scores."""
         with self.tracker.run(name, tags=tags, parent_id=self.run_id) as child:
             result = fit_predict_fold(
                 self.inputs,
@@ -433,22 +456,61 @@ class _Step:
                 checkpoint_dir=self.checkpoints / name,
                 on_epoch=partial(self.reporter.epoch, name),
             )
-            model_tags = result.model.run_tags()
-            if model_tags:
-                self.model_tags = model_tags
-                self.tracker.set_tags(child, model_tags)
             truth = truth_metrics(result.model, self.inputs) if len(spec.test) else {}
-            self.dropped += _log_fold(self.tracker, child, result, self.inputs, self.config, truth)
+            self._log(child, result, truth)
         shutil.rmtree(self.checkpoints / name, ignore_errors=True)  # the fit is logged
         return child, result, truth
 
+    def _log(self, child: str, result: FoldResult, truth: dict[str, float]) -> None:
+        model_tags = result.model.run_tags()
+        if model_tags:
+            self.model_tags = model_tags
+            self.tracker.set_tags(child, model_tags)
+        self.dropped += _log_fold(self.tracker, child, result, self.inputs, self.config, truth)
+
+    def _fit_all(self, jobs: list[_Job]) -> Iterator[tuple[_Job, str, FoldResult, dict]]:
+        """Every job's fit, logged as it finishes: one after another here, or in worker
+        processes (``workers`` > 1)."""
+        if self.workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                self.reporter.fold_started(job.name)
+                child, result, truth = self._fit(job.name, job.tags, job.spec)
+                self.reporter.fold_finished(job.name)
+                yield job, child, result, truth
+            return
+        # The longest fit (the final refit: every pedon, no early stopping) starts first.
+        ordered = sorted(jobs, key=lambda j: j.fold is not None)
+        params = self.config["model"]["params"]
+        fits = parallel.fit_in_workers(
+            self.inputs,
+            [(j.name, j.spec, params, self.seed, self.checkpoints / j.name) for j in ordered],
+            min(self.workers, len(jobs)),
+            self.threads,
+            self.reporter,
+        )
+        by_name = {j.name: j for j in ordered}
+        for name, result, truth, caught in fits:
+            job = by_name[name]
+            for key, message in caught:
+                self.caught.add(key, message)
+            with self.tracker.run(name, tags=job.tags, parent_id=self.run_id) as child:
+                self._log(child, result, truth)
+            shutil.rmtree(self.checkpoints / name, ignore_errors=True)  # the fit is logged
+            self.reporter.fold_finished(name)
+            yield job, child, result, truth
+
     def cross_validate(
-        self, splits: list[tuple[np.ndarray, np.ndarray]], done: dict[str, str]
-    ) -> _Folds:
-        """Every outer fold: read back when an interrupted run finished it, fitted otherwise."""
+        self, splits: list[tuple[np.ndarray, np.ndarray]], done: dict[str, str], refit: bool
+    ) -> tuple[_Folds, str | None]:
+        """Every outer fold (read back when an interrupted run finished it, fitted otherwise)
+        and, with ``refit``, the final model refit on every labelled pedon in a nested
+        ``final`` run (its id returned)."""
         inputs, task = self.inputs, self.inputs.task
         n = len(inputs.table)
         folds = _Folds(np.full((n, task.n_classes), np.nan), np.full(n, -1))
+        pending: list[_Job] = []
+        truth_of: dict[int, dict[str, float]] = {}
+        centred_of: dict[int, float] = {}
         for f, (train, test) in enumerate(splits):
             folds.fold_of[test] = f
             name = f"fold_{f}"
@@ -457,27 +519,40 @@ class _Step:
             if back is not None and earlier is not None:
                 folds.oof[test] = back
                 metrics = self.tracker.run_metrics(earlier)
-                folds.truth.append({k: v for k, v in metrics.items() if k.startswith("truth/")})
+                truth_of[f] = {k: v for k, v in metrics.items() if k.startswith("truth/")}
                 if f"test/centred/{task.primary_metric}" in metrics:
-                    folds.centred.append(metrics[f"test/centred/{task.primary_metric}"])
+                    centred_of[f] = metrics[f"test/centred/{task.primary_metric}"]
                 folds.resumed.append(f)
                 folds.run_ids[f] = earlier
                 self.reporter.fold_finished(name, resumed=True)
                 continue
-            self.reporter.fold_started(name)
             spec = plan_fold(name, inputs, train, test, self.config["cv"], self.seed + f)
             tags = {"fold": str(f), "run_level": "fold", "n_folds": str(len(splits))}
-            child, result, truth = self._fit(name, tags, spec)
-            folds.oof[test] = result.proba
-            folds.truth.append(truth)
+            pending.append(_Job(name, tags, spec, f))
+        final_id = done.get("final") if refit else None
+        if refit and final_id is not None:
+            self.reporter.fold_finished("final", resumed=True)
+        elif refit:
+            everything = np.arange(n)
+            spec = plan_fold(
+                "final", inputs, everything, np.array([], int), self.config["cv"], self.seed
+            )
+            pending.append(_Job("final", {"fold": "final", "run_level": "final"}, spec, None))
+        for job, child, result, truth in self._fit_all(pending):
+            if job.fold is None:
+                final_id = child
+                continue
+            folds.oof[job.spec.test] = result.proba
+            truth_of[job.fold] = truth
             if f"test/centred/{task.primary_metric}" in result.metrics:
-                folds.centred.append(result.metrics[f"test/centred/{task.primary_metric}"])
-            folds.run_ids[f] = child
+                centred_of[job.fold] = result.metrics[f"test/centred/{task.primary_metric}"]
+            folds.run_ids[job.fold] = child
             self.caught.tag(self.tracker, self.run_id)
-            self.reporter.fold_finished(name)
+        folds.truth = [truth_of[f] for f in sorted(truth_of)]  # in fold order
+        folds.centred = [centred_of[f] for f in sorted(centred_of)]
         if self.model_tags:  # e.g. the MISO preset and pretrained weights, on the parent too
             self.tracker.set_tags(self.run_id, self.model_tags)
-        return folds
+        return folds, final_id
 
     def evaluate(
         self, folds: _Folds, diag: Any, title: str
@@ -510,17 +585,6 @@ class _Step:
             title,
         )
         return regional, metrics
-
-    def refit(self) -> str:
-        """The final model, refit on every labelled pedon, in a nested ``final`` run."""
-        self.reporter.fold_started("final")
-        everything = np.arange(len(self.inputs.table))
-        spec = plan_fold(
-            "final", self.inputs, everything, np.array([], int), self.config["cv"], self.seed
-        )
-        child, _, _ = self._fit("final", {"fold": "final", "run_level": "final"}, spec)
-        self.reporter.fold_finished("final")
-        return child
 
     def finish(self, metrics: dict[str, float]) -> None:
         """Log the parent's metrics; record undefined ones and every warning as tags."""

@@ -14,6 +14,13 @@ REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_fit_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs fit their folds one after another unless a test asks for workers
+    (``jobs=`` or ``MISO_BENCH_JOBS``): quick and independent of the machine's cores."""
+    monkeypatch.setenv("MISO_BENCH_JOBS", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic dataset (read-only by convention: copy it before changing files)."""

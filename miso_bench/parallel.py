@@ -1,0 +1,217 @@
+"""A run's fits (outer folds and the final refit) in worker processes, side by side.
+
+A chip model's fit on a CPU uses its torch threads poorly: small matrices, and Python work
+between them (reading chips, module calls) that only one thread does. Two fits with one thread
+each finish sooner than the same two fits one after the other with two threads each. The
+folds of a run are independent, so :func:`fit_in_workers` fits them in ``spawn`` worker
+processes, each with its share of the threads; the calling process logs every result to MLflow
+(tracking never runs in more than one process), as each fit finishes.
+
+A fit's numbers depend on the threads it had (float reductions are split by thread), not on
+how many fits ran beside it: a run with ``jobs=2`` and one thread per fit gives exactly the
+numbers of ``jobs=1`` run with one thread (tests check it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .errors import MisoBenchError, MisoBenchWarning
+
+__all__ = ["JOBS_ENV", "cpu_budget", "fit_in_workers", "fit_jobs"]
+
+#: Environment variable read when ``jobs`` is not given (a number or ``auto``).
+JOBS_ENV = "MISO_BENCH_JOBS"
+#: Memory assumed for one chip-model fit when ``auto`` sizes the pool (GiB).
+_FIT_GIB = 3.0
+
+
+def cpu_budget() -> int:
+    """The threads a run may use: torch's intra-op thread count (``OMP_NUM_THREADS`` or the
+    cores torch found)."""
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
+def _available_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def fit_jobs(
+    jobs: int | str | None, kind: str, params: Mapping[str, Any], n_fits: int
+) -> tuple[int, int]:
+    """How many fits run at once, and the torch threads of each: ``(workers, threads)``.
+
+    Args:
+        jobs: a number of worker processes, ``auto``, or None (``$MISO_BENCH_JOBS``, else
+            ``auto``). ``auto`` runs chip models' fits side by side on a CPU (one per thread
+            of the budget, as many as the fits and about 3 GiB of available memory each
+            allow) and everything else one at a time: tree models parallelise inside a fit, a
+            GPU or several devices (``model.params.devices``) serve one fit.
+        kind: the model's kind (``chips`` or ``tabular``).
+        params: the model's parameters.
+        n_fits: the fits left to run.
+
+    Raises:
+        MisoBenchError: ``jobs`` is neither a positive whole number nor ``auto``.
+    """
+    if jobs is None:
+        jobs = os.environ.get(JOBS_ENV, "auto").strip() or "auto"
+    budget = cpu_budget()
+    if isinstance(jobs, str) and jobs.lower() != "auto":
+        try:
+            jobs = int(jobs)
+        except ValueError:
+            jobs = 0
+    if isinstance(jobs, int):
+        if jobs < 1:
+            raise MisoBenchError(
+                f"jobs={jobs!r}: expected a whole number of at least 1, or auto "
+                f"(fix: --jobs 2, or {JOBS_ENV}=auto)"
+            )
+        workers = max(1, min(jobs, n_fits))
+    else:
+        workers = 1
+        devices = params.get("devices", 1)
+        if kind == "chips" and devices in (1, None, "1") and not _cuda():
+            memory = _available_gib()
+            by_memory = budget if memory is None else max(1, int(memory // _FIT_GIB))
+            workers = max(1, min(budget, n_fits, by_memory))
+    threads = max(1, budget // workers)
+    return workers, threads
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+_EVENTS: Any = None
+
+
+def _init_worker(threads: int, events: Any) -> None:
+    """Worker start: its threads; Ctrl-C is the parent's to handle (it stops the workers)."""
+    global _EVENTS
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _EVENTS = events
+
+
+def _epoch(name: str, epoch: int, record: dict[str, float]) -> None:
+    _EVENTS.put((name, epoch, dict(record)))
+
+
+def _fit_one(
+    inputs: Any,
+    entry: Any,
+    name: str,
+    spec: Any,
+    params: Mapping[str, Any],
+    seed: int,
+    checkpoints: Path,
+) -> tuple[str, Any, dict[str, float], list[tuple[str, str]]]:
+    """One fit, its test predictions and truth scores; the run's warnings it raised."""
+    from .engine import fit_predict_fold, truth_metrics
+    from .models import MODELS
+
+    if entry.name not in MODELS:  # registered by the caller's script, not on import
+        MODELS.register(entry.name)(entry)
+    _EVENTS.put((name, -1, {}))  # started
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", MisoBenchWarning)
+        result = fit_predict_fold(
+            inputs, spec, params, seed, checkpoint_dir=checkpoints, on_epoch=partial(_epoch, name)
+        )
+        truth = truth_metrics(result.model, inputs) if len(spec.test) else {}
+    caught = []
+    for record in records:
+        if isinstance(record.message, MisoBenchWarning):
+            caught.append((record.message.key, record.message.message))
+        else:  # not the run's to record: shown as the worker saw it
+            warnings.showwarning(record.message, record.category, record.filename, record.lineno)
+    return name, result, truth, caught
+
+
+# --- parent side ---------------------------------------------------------------------------
+
+
+def _relay(events: Any, reporter: Any) -> None:
+    """Workers' progress to the run's reporter, until the ``None`` sentinel."""
+    while (item := events.get()) is not None:
+        name, epoch, record = item
+        if epoch < 0:
+            reporter.fold_started(name)
+        else:
+            reporter.epoch(name, epoch, record)
+
+
+def fit_in_workers(
+    inputs: Any,
+    fits: Sequence[tuple[str, Any, Mapping[str, Any], int, Path]],
+    workers: int,
+    threads: int,
+    reporter: Any,
+) -> Iterator[tuple[str, Any, dict[str, float], list[tuple[str, str]]]]:
+    """Run ``fits`` (``(name, spec, params, seed, checkpoint folder)``, started in this order)
+    in ``workers`` processes of ``threads`` torch threads; yield ``(name, FoldResult, truth
+    metrics, caught warnings)`` as each finishes.
+
+    An error in a fit stops the others and is raised here; so is an interrupt (the workers
+    are stopped, and their checkpoints let the rerun resume them).
+    """
+    if inputs.kind == "chips":
+        # Statistics computed once here; each worker's block cache gets a share of the budget.
+        inputs.normalizer()
+        source = inputs.chip_source()
+        inputs = replace(inputs, _source=source.resized(source.cache_mb / workers))
+    from .models import MODELS
+
+    entry = MODELS.get(inputs.model)
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    listener = threading.Thread(target=_relay, args=(events, reporter), daemon=True)
+    listener.start()
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, events)
+    )
+    try:
+        pending: set[Future] = {
+            pool.submit(_fit_one, inputs, entry, name, spec, params, seed, ckpt)
+            for name, spec, params, seed, ckpt in fits
+        }
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    except BaseException:
+        # An error, Ctrl-C, or the caller closing early: stop every worker now.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        events.put(None)
+        listener.join(timeout=10)
