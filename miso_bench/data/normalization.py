@@ -11,6 +11,7 @@ JSON next to the run that used them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -155,24 +156,65 @@ class Normalizer:
         x: np.ndarray | torch.Tensor,
         valid: np.ndarray | torch.Tensor | None = None,
         channel_axis: int = -3,
+        channels: Sequence[int] | None = None,
     ) -> np.ndarray | torch.Tensor:
-        """Normalise ``x``; ``valid`` (same shape, bool) marks usable pixels."""
-        is_tensor = isinstance(x, torch.Tensor)
-        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        """Normalise ``x``; ``valid`` (same shape, bool) marks usable pixels; ``channels``
+        selects the bands to normalise and return (all by default). Tensors are normalised in
+        torch (same values to float rounding), arrays in numpy."""
+        sel = slice(None) if channels is None else list(channels)
+        center, scale = self.center[sel], self.scale[sel]
+        asinh, cat = self.asinh[sel], self.categorical[sel]
+        if isinstance(x, torch.Tensor):
+            return self._torch(x, valid, channel_axis, channels, center, scale, asinh, cat)
+        arr = np.asarray(x)
+        if channels is not None:
+            arr = np.take(arr, list(channels), axis=channel_axis)
+            if valid is not None:
+                valid = np.take(np.asarray(valid), list(channels), axis=channel_axis)
         arr = arr.astype(np.float32, copy=True)
         shape = self._shape(arr, channel_axis)
-        asinh = np.broadcast_to(self.asinh.reshape(shape), arr.shape)
-        arr = np.where(asinh, np.arcsinh(arr), arr)
-        out = np.clip(
-            (arr - self.center.reshape(shape)) / self.scale.reshape(shape), -self.clip, self.clip
-        )
-        cat = np.broadcast_to(self.categorical.reshape(shape), arr.shape)
-        out = np.where(cat, arr, out)
+        asinh_b = np.broadcast_to(asinh.reshape(shape), arr.shape)
+        arr = np.where(asinh_b, np.arcsinh(arr), arr)
+        out = np.clip((arr - center.reshape(shape)) / scale.reshape(shape), -self.clip, self.clip)
+        cat_b = np.broadcast_to(cat.reshape(shape), arr.shape)
+        out = np.where(cat_b, arr, out)
         if valid is not None:
-            v = valid.cpu().numpy() if isinstance(valid, torch.Tensor) else np.asarray(valid)
-            out = np.where(v, out, 0.0)
-        out = np.nan_to_num(out, nan=0.0).astype(np.float32)
-        return torch.from_numpy(out) if is_tensor else out
+            out = np.where(np.asarray(valid), out, 0.0)
+        return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+    def _torch(
+        self,
+        x: torch.Tensor,
+        valid: np.ndarray | torch.Tensor | None,
+        channel_axis: int,
+        channels: Sequence[int] | None,
+        center: np.ndarray,
+        scale: np.ndarray,
+        asinh: np.ndarray,
+        cat: np.ndarray,
+    ) -> torch.Tensor:
+        arr = x.detach()
+        v = None if valid is None else torch.as_tensor(valid, device=arr.device)
+        if channels is not None:
+            index = torch.tensor(list(channels), device=arr.device)
+            arr = arr.index_select(channel_axis % arr.ndim, index)
+            if v is not None:
+                v = v.index_select(channel_axis % v.ndim, index)
+        arr = arr.to(torch.float32)
+        shape = [1] * arr.ndim
+        shape[channel_axis] = -1
+
+        def const(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(arr.device).reshape(shape)
+
+        if asinh.any():
+            arr = torch.where(const(asinh), torch.asinh(arr), arr)
+        out = ((arr - const(center)) / const(scale)).clamp(-self.clip, self.clip)
+        if cat.any():
+            out = torch.where(const(cat), arr, out)
+        if v is not None:
+            out = torch.where(v, out, 0.0)
+        return torch.nan_to_num(out, nan=0.0)
 
     def to_json(self, path: str | Path) -> Path:
         """Write the statistics (for the run record)."""

@@ -38,9 +38,25 @@ __all__ = [
     "TrainResult",
     "cosine_with_warmup",
     "fit_module",
+    "native_bf16",
     "param_groups",
     "restore_optimizer",
 ]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX
+    (elsewhere bf16 is emulated on CPU and slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 @dataclass
@@ -57,7 +73,7 @@ class TrainConfig:
         clip_grad: gradient-norm clip (0 = none).
         patience: epochs without validation improvement before stopping.
         device: ``cpu`` or ``cuda``.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast of the forward pass and loss (see :func:`native_bf16`).
     """
 
     epochs: int = 10
@@ -236,7 +252,7 @@ def fit_module(
         if ckpt is None:  # the resume state is read from the checkpoint folder
             raise RuntimeError("a training state was resumed without its checkpoint folder")
         best_state = _load_checkpoint(ckpt / "best.pt", torch.device("cpu"))
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp
     for epoch in range(first_epoch, cfg.epochs):
         if result.best_epoch >= 0 and epoch - result.best_epoch > cfg.patience:
             break

@@ -93,3 +93,27 @@ def test_normalizer_on_chips_and_json_round_trip(tiny, tmp_path):
     assert out[0, 0, 0, 0] == 0
     again = Normalizer.from_json(norm.to_json(tmp_path / "stats.json"))
     assert torch.equal(again(image, valid), out)
+
+
+@pytest.mark.parametrize("channels", [None, [3, 0, 18, 11]])
+def test_tensors_are_normalised_in_torch_like_arrays_in_numpy(tiny, channels):
+    """The torch path (chips) and the numpy path (point features) give the same values,
+    asinh, categorical and invalid pixels included; ``channels`` picks bands of either."""
+    from dataclasses import replace
+
+    stats = compute_band_stats(tiny)
+    stats[tiny.band_names[11]] = replace(stats[tiny.band_names[11]], categorical=True)
+    norm = Normalizer(stats, tiny.band_names)
+    assert norm.asinh.any() and norm.categorical.any()
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, 19, 5, 5, generator=g) - 0.3) * 3000
+    image[0, 2, 1, 1] = float("nan")
+    valid = torch.rand(3, 19, 5, 5, generator=g) > 0.1
+    out = norm(image, valid, channels=channels)
+    want = norm(image.numpy(), valid.numpy(), channels=channels)
+    assert isinstance(out, torch.Tensor) and not isinstance(want, torch.Tensor)
+    picked = list(range(19)) if channels is None else channels
+    assert out.shape == (3, len(picked), 5, 5)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6)
+    full = norm(image.numpy(), valid.numpy())
+    np.testing.assert_array_equal(want, full[:, picked])

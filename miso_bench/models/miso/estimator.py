@@ -33,7 +33,7 @@ from sklearn.metrics import f1_score
 
 from ...errors import MisoBenchError, warn
 from ...spatial import metres_per_unit
-from ...training import TrainConfig, fit_module
+from ...training import TrainConfig, fit_module, native_bf16
 from ...training.distributed import device_count, launch, process_group, shard
 from ..base import ChipModel, EpochCallback, FoldContext
 from .backbones import find_satlas_weights, load_satlas_state_dict, satlas_normalize
@@ -126,6 +126,9 @@ class MisoModel(ChipModel):
         class_weighting: ``none`` or ``sqrt_inverse`` class weights.
         drop_path: stochastic depth of the Swin encoders; dropout: of the location MLP.
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: training arithmetic: ``auto`` (bf16 autocast where the device computes
+            bf16 natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), ``bf16`` or
+            ``fp32``. Weights, optimizer and prediction stay fp32 either way.
         devices: processes training data-parallel (one per GPU; on CPU, each gets a share
             of the cores); ``-1`` = every visible GPU. ``batch_size`` is the global batch.
     """
@@ -161,6 +164,7 @@ class MisoModel(ChipModel):
         dropout: float = 0.1,
         device: str = "auto",
         devices: int = 1,
+        precision: str = "auto",
     ) -> None:
         self.n_classes = n_classes
         self.random_state = random_state
@@ -191,6 +195,7 @@ class MisoModel(ChipModel):
         self.dropout = dropout
         self.device = device
         self.devices = devices
+        self.precision = precision
 
     # --- settings -----------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -346,14 +351,14 @@ class MisoModel(ChipModel):
                 s2_raw = s2_raw * self._s2_scale
             s2_valid = valid[:, self._s2_idx]
             s2 = torch.where(s2_valid, satlas_normalize(torch.nan_to_num(s2_raw)), 0.0)
-        cov = None
+        cov: torch.Tensor | None = None
         if self._cov_idx:
-            normalized = self.normalizer_(chips, valid)
+            normalized = self.normalizer_(chips, valid, channels=self._cov_idx)
             if not isinstance(normalized, torch.Tensor):  # tensors in, tensors out
                 raise TypeError(
                     f"the normaliser returned {type(normalized).__name__}, not a tensor"
                 )
-            cov = normalized[:, self._cov_idx]
+            cov = normalized
         hot = self._one_hot(chips, valid)
         if hot is not None:
             cov = hot if cov is None else torch.cat([cov, hot], dim=1)
@@ -682,6 +687,7 @@ class MisoModel(ChipModel):
             warmup_frac=float(self.warmup_frac),
             patience=int(s["patience"]),
             device=device.type,
+            amp=self._precision(device) == "bf16",
         )
         result = fit_module(
             net,
@@ -706,6 +712,17 @@ class MisoModel(ChipModel):
             else np.empty((0, 4))
         )
 
+    def _precision(self, device: torch.device) -> str:
+        """The training arithmetic (``fp32`` or ``bf16``) on ``device``."""
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise MisoBenchError(
+                f"precision={self.precision!r}: use auto, fp32 or bf16 "
+                "(fix: --set model.params.precision=fp32)"
+            )
+        if self.precision != "auto":
+            return str(self.precision)
+        return "bf16" if native_bf16(device) else "fp32"
+
     def fit_report(self) -> dict[str, float]:
         """The selected epoch (and the epochs run)."""
         return {"best_epoch": float(self.best_epoch_), "epochs_run": float(len(self.history_))}
@@ -716,6 +733,7 @@ class MisoModel(ChipModel):
             "miso_preset": self.settings_["preset"],
             "pretrained_weights": self.pretrained_,
             "device": str(self._device()),
+            "precision": self._precision(self._device()),
             "devices": str(getattr(self, "world_size_", 1)),
         }
 
