@@ -7,9 +7,10 @@ the fast path (blend before the last layer, offsets shared per query, cells proj
 chunks that stay in cache, the ``center`` ablation decoded once per chip); for training, that
 decoder with the single-tensor AdamW against the fast path with the fused AdamW kernel. The
 full query path is both modalities' decoders over all four stages, fusion, mappers, heads and
-the location branch. On a GPU (``--device cuda``) every figure is measured in fp32 and in bf16
-autocast (the training loop's default on CUDA), with channels-last encoders, and peak GPU
-memory is reported. Prints figures and ratios; no assertions. Usage::
+the location branch. Where the device computes bf16 natively (a GPU, ``--device cuda``, or a
+CPU with AVX512-BF16 or AMX) every figure is measured in fp32 and in bf16 autocast (what
+MISO's ``precision=auto`` trains in there); on a GPU with channels-last encoders, and peak
+GPU memory is reported. Prints figures and ratios; no assertions. Usage::
 
     python benchmarks/bench_miso.py [--presets cpu paper] [--queries 62500] [--device cpu]
 
@@ -30,6 +31,7 @@ from miso_bench.models.miso.attention import set_exact_attention
 from miso_bench.models.miso.estimator import PRESETS
 from miso_bench.models.miso.losses import MisoLoss
 from miso_bench.models.miso.network import MisoConfig, MisoNet
+from miso_bench.training import native_bf16
 
 
 def build(preset: str) -> tuple[MisoNet, dict]:
@@ -173,11 +175,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=62_500)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--dtypes", nargs="+", default=None, help="fp32 and/or bf16 [default: both on CUDA]"
+        "--dtypes",
+        nargs="+",
+        default=None,
+        help="fp32 and/or bf16 [default: both where bf16 is native, else fp32]",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    # bf16 too where the device computes it natively (what MISO's precision=auto trains in).
+    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16(device) else ["fp32"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {name}")
     for preset in args.presets:

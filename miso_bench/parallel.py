@@ -107,6 +107,9 @@ def _cuda() -> bool:
 # --- worker side ---------------------------------------------------------------------------
 
 _EVENTS: Any = None
+#: The chip sources this worker opened, by dataset: the next fit of the run reuses the
+#: source and its warm block cache (every fit of a run reads the same rasters).
+_SOURCES: dict[tuple[str, str, float], Any] = {}
 
 
 def _init_worker(threads: int, events: Any) -> None:
@@ -138,6 +141,10 @@ def _fit_one(
 
     if entry.name not in MODELS:  # registered by the caller's script, not on import
         MODELS.register(entry.name)(entry)
+    if inputs._source is not None:
+        source = inputs._source
+        key = (str(inputs.manifest.root), inputs.fingerprint, float(source.cache_mb))
+        inputs = replace(inputs, _source=_SOURCES.setdefault(key, source))
     _EVENTS.put((name, -1, {}))  # started
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always", MisoBenchWarning)

@@ -51,12 +51,17 @@ def native_bf16(device: torch.device) -> bool:
         return True
     if device.type != "cpu":
         return False
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    return set(flags.partition(":")[2].split())
 
 
 @dataclass
@@ -73,7 +78,8 @@ class TrainConfig:
         clip_grad: gradient-norm clip (0 = none).
         patience: epochs without validation improvement before stopping.
         device: ``cpu`` or ``cuda``.
-        amp: bf16 autocast of the forward pass and loss (see :func:`native_bf16`).
+        amp: bf16 autocast of the forward pass and loss (callers decide where: see
+            :func:`native_bf16`).
     """
 
     epochs: int = 10
@@ -85,7 +91,7 @@ class TrainConfig:
     clip_grad: float = 1.0
     patience: int = 4
     device: str = "cpu"
-    amp: bool = True
+    amp: bool = False
 
 
 @dataclass
