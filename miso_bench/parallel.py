@@ -18,9 +18,11 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -113,13 +115,23 @@ _SOURCES: dict[tuple[str, str, float], Any] = {}
 
 
 def _init_worker(threads: int, events: Any) -> None:
-    """Worker start: its threads; Ctrl-C is the parent's to handle (it stops the workers)."""
+    """Worker start: its threads; Ctrl-C is the parent's to handle (it stops the workers);
+    a worker whose parent died without a word (SIGKILL) exits instead of fitting on for
+    nobody, so a rerun's workers do not share the checkpoints with it."""
     global _EVENTS
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _EVENTS = events
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _epoch(name: str, epoch: int, record: dict[str, float]) -> None:
@@ -211,7 +223,15 @@ def fit_in_workers(
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:
+                    raise MisoBenchError(
+                        "a worker process died (killed, or out of memory?) (fix: rerun the "
+                        f"command with fewer jobs, e.g. --jobs 1 or {JOBS_ENV}=1: it resumes "
+                        "from the fits already logged and the others' checkpoints)"
+                    ) from exc
+                yield outcome
     except BaseException:
         # An error, Ctrl-C, or the caller closing early: stop every worker now.
         for process in list((getattr(pool, "_processes", None) or {}).values()):

@@ -19,6 +19,7 @@ from miso_bench.parallel import fit_jobs
 from miso_bench.runner import run_benchmark
 
 FAIL_ENV = "MISO_TEST_FAIL_ABOVE"
+DIE_ENV = "MISO_TEST_DIE"
 
 
 class FlakyMajority(MajorityModel):
@@ -29,6 +30,8 @@ class FlakyMajority(MajorityModel):
         limit = os.environ.get(FAIL_ENV)
         if limit is not None and len(X) > int(limit):
             raise MisoBenchError(f"flaky: {len(X)} pedons")
+        if os.environ.get(DIE_ENV):
+            os._exit(3)  # the worker process dies without a word
         return super().fit(X, y, X_val, y_val)
 
 
@@ -164,3 +167,22 @@ def test_an_error_in_a_worker_is_raised_and_the_rerun_completes_without_duplicat
     keys = [k for k in clean.metrics if k.startswith("test/")]
     assert all(np.isclose(clean.metrics[k], result.metrics[k]) for k in keys)
     pd.testing.assert_frame_equal(_oof(clean), _oof(result))
+
+
+def test_a_worker_that_dies_is_a_clear_error_and_the_rerun_completes(
+    tiny_dir, home, flaky, monkeypatch
+):
+    cfg = _cfg(tiny_dir, home, "model.name=flaky", "cv.name=random")
+    monkeypatch.setenv(DIE_ENV, "1")
+    with pytest.raises(MisoBenchError, match=r"worker process died.*--jobs 1"):
+        run_benchmark(cfg, announce=lambda m: None, jobs=2)
+    monkeypatch.delenv(DIE_ENV)
+    result = run_benchmark(cfg, announce=lambda m: None, jobs=2)
+    assert sorted(c.data.tags["fold"] for c in _children(result)) == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "final",
+    ]
