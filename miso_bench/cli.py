@@ -305,6 +305,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flags = deep_merge(_tuned_params(args.params, args.storage), flags)
     config = resolve_config(args.config, flags, args.set or [])
     _validate_names(config)
+    if args.jobs is not None:
+        from .parallel import parse_jobs
+
+        parse_jobs(args.jobs)  # a bad --jobs fails before any data work
     bar = _run_progress(f"{config['model']['name']} / {config['cv']['name']} / {config['task']}")
     try:
         result = run_benchmark(config, progress=bar, announce=tqdm.write, jobs=args.jobs)

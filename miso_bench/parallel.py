@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import MisoBenchError, MisoBenchWarning
 
-__all__ = ["JOBS_ENV", "cpu_budget", "fit_in_workers", "fit_jobs"]
+__all__ = ["JOBS_ENV", "cpu_budget", "fit_in_workers", "fit_jobs", "parse_jobs"]
 
 #: Environment variable read when ``jobs`` is not given (a number or ``auto``).
 JOBS_ENV = "MISO_BENCH_JOBS"
@@ -56,6 +56,26 @@ def _available_gib() -> float | None:
     return None
 
 
+def parse_jobs(jobs: int | float | str) -> int | None:
+    """``jobs`` as a number of workers, or None for ``auto``.
+
+    Raises:
+        MisoBenchError: neither a whole number of at least 1 nor ``auto``.
+    """
+    if isinstance(jobs, str) and jobs.strip().lower() == "auto":
+        return None
+    try:
+        count = int(jobs)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or (isinstance(jobs, float) and not jobs.is_integer()):
+        raise MisoBenchError(
+            f"jobs={jobs!r}: expected a whole number of at least 1, or auto "
+            f"(fix: --jobs 2, or {JOBS_ENV}=auto)"
+        )
+    return count
+
+
 def fit_jobs(
     jobs: int | str | None, kind: str, params: Mapping[str, Any], n_fits: int
 ) -> tuple[int, int]:
@@ -77,18 +97,9 @@ def fit_jobs(
     if jobs is None:
         jobs = os.environ.get(JOBS_ENV, "auto").strip() or "auto"
     budget = cpu_budget()
-    if isinstance(jobs, str) and jobs.lower() != "auto":
-        try:
-            jobs = int(jobs)
-        except ValueError:
-            jobs = 0
-    if isinstance(jobs, int):
-        if jobs < 1:
-            raise MisoBenchError(
-                f"jobs={jobs!r}: expected a whole number of at least 1, or auto "
-                f"(fix: --jobs 2, or {JOBS_ENV}=auto)"
-            )
-        workers = max(1, min(jobs, n_fits))
+    count = parse_jobs(jobs)
+    if count is not None:
+        workers = max(1, min(count, n_fits))
     else:
         workers = 1
         devices = params.get("devices", 1)

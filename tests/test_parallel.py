@@ -69,8 +69,8 @@ def test_explicit_jobs_and_the_environment(machine, monkeypatch):
     assert fit_jobs(4, "chips", {}, 2) == (2, 1)  # never more workers than fits
     monkeypatch.setenv("MISO_BENCH_JOBS", "1")
     assert fit_jobs(None, "chips", {}, 6) == (1, 2)
-    for bad in ("0", "two", -1):
-        with pytest.raises(MisoBenchError, match="jobs"):
+    for bad in ("0", "two", -1, 1.5):
+        with pytest.raises(MisoBenchError, match=f"jobs={bad!r}: expected a whole number"):
             fit_jobs(bad, "chips", {}, 6)
 
 
