@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -54,14 +55,15 @@ def native_bf16(device: torch.device) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``, read once; empty elsewhere)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    return set(flags.partition(":")[2].split())
+    return frozenset(flags.partition(":")[2].split())
 
 
 @dataclass

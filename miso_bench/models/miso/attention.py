@@ -46,18 +46,26 @@ class WindowAttentionV2(ShiftedWindowAttentionV2):
             return super().forward(x)
         return self._one_window(x)
 
+    def _positions(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Positions of the real and of the padded tokens in the padded window (row-major,
+        as torchvision flattens it), made once per map size and device."""
+        cache: dict = self.__dict__.setdefault("_position_cache", {})
+        key = (h, w, str(device))
+        if key not in cache:
+            ws_w = self.window_size[1]
+            n = self.window_size[0] * ws_w
+            rows = torch.arange(h, device=device)[:, None] * ws_w
+            real = (rows + torch.arange(w, device=device)[None, :]).reshape(-1)
+            keep = torch.ones(n, dtype=torch.bool, device=device)
+            keep[real] = False
+            cache[key] = (real, torch.nonzero(keep).squeeze(1))
+        return cache[key]
+
     def _one_window(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
-        ws_w = self.window_size[1]
         heads = self.num_heads
         head_dim = c // heads
-        n = self.window_size[0] * ws_w
-        # Real tokens' positions in the padded window (row-major, as torchvision flattens it).
-        rows = torch.arange(h, device=x.device)[:, None] * ws_w
-        real = (rows + torch.arange(w, device=x.device)[None, :]).reshape(-1)
-        keep = torch.ones(n, dtype=torch.bool, device=x.device)
-        keep[real] = False
-        pad = torch.nonzero(keep).squeeze(1)
+        real, pad = self._positions(h, w, x.device)
         r = real.numel()
 
         bias = self.qkv.bias
