@@ -462,27 +462,35 @@ class PedonChipDataset(Dataset[dict[str, Any]]):
         """Change the jitter draw (training)."""
         self.sampler.set_epoch(epoch)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        """Sample ``i``: ``image`` (C, H, W) float32 (raw values, 0 where invalid), ``valid``
-        (C, H, W) bool, ``query_xy`` (2,) in [-1, 1], ``coords`` (2,), ``id``, ``label`` (when
-        the pedons carry a ``target``), ``regions`` and ``bounds`` (xmin, xmax, ymin, ymax)."""
+    def geometry(self, i: int) -> tuple[int, int, tuple[float, float, float, float], np.ndarray]:
+        """Where chip ``i`` lies this epoch, without reading it: its upper-left global pixel
+        ``(row, col)``, its bounds ``(xmin, xmax, ymin, ymax)`` and the pedon's position in it,
+        ``(2,)`` float32 in [-1, 1] (x right, y down)."""
         size = self.sampler.chip_size_px
         r0, c0 = self.sampler.offset(i)
-        image, valid = self.source.window(r0, c0, size, size)
         xmin, xmax, ymin, ymax = self.grid.bounds_of(r0, c0, size, size)
         x, y = self._x[i], self._y[i]
         query = np.array(
             [2.0 * (x - xmin) / (xmax - xmin) - 1.0, 2.0 * (ymax - y) / (ymax - ymin) - 1.0],
             dtype=np.float32,
         )
+        return r0, c0, (xmin, xmax, ymin, ymax), query
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Sample ``i``: ``image`` (C, H, W) float32 (raw values, 0 where invalid), ``valid``
+        (C, H, W) bool, ``query_xy`` (2,) in [-1, 1], ``coords`` (2,), ``id``, ``label`` (when
+        the pedons carry a ``target``), ``regions`` and ``bounds`` (xmin, xmax, ymin, ymax)."""
+        size = self.sampler.chip_size_px
+        r0, c0, bounds, query = self.geometry(i)
+        image, valid = self.source.window(r0, c0, size, size)
         ident = self._ids[i]
         sample: dict[str, Any] = {
             "image": torch.from_numpy(image),
             "valid": torch.from_numpy(valid),
             "query_xy": torch.from_numpy(query),
-            "coords": torch.tensor([x, y], dtype=torch.float64),
+            "coords": torch.tensor([self._x[i], self._y[i]], dtype=torch.float64),
             "id": ident.item() if isinstance(ident, np.generic) else ident,
-            "bounds": torch.tensor([xmin, xmax, ymin, ymax], dtype=torch.float64),
+            "bounds": torch.tensor(bounds, dtype=torch.float64),
             "regions": {c: str(self.pedons.at[i, c]) for c in self.region_columns},
         }
         if self.targets is not None:

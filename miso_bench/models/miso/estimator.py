@@ -131,6 +131,11 @@ class MisoModel(ChipModel):
             ``fp32``. Weights, optimizer and prediction stay fp32 either way.
         devices: processes training data-parallel (one per GPU; on CPU, each gets a share
             of the cores); ``-1`` = every visible GPU. ``batch_size`` is the global batch.
+        chip_cache_mb: memory for the training chips, read and normalised once per fit with
+            room for their jitter (each epoch slices them: the same numbers, bit for bit, as
+            reading each chip). Chips that would take more are read per batch; 0 = always.
+            The CPU preset's chips fit; the paper preset's
+            256 px chips do not.
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class MisoModel(ChipModel):
         device: str = "auto",
         devices: int = 1,
         precision: str = "auto",
+        chip_cache_mb: float = 1024.0,
     ) -> None:
         self.n_classes = n_classes
         self.random_state = random_state
@@ -196,6 +202,7 @@ class MisoModel(ChipModel):
         self.device = device
         self.devices = devices
         self.precision = precision
+        self.chip_cache_mb = chip_cache_mb
 
     # --- settings -----------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
@@ -576,6 +583,7 @@ class MisoModel(ChipModel):
         self.resumed_from_ = out["resumed_from"]
         self.train_seconds_ = out["seconds"]
         self.unlabeled_windows_ = out["unlabeled_windows"]
+        self.chip_cache_mb_ = out["chip_cache_mb"]  # each rank's
         self.world_size_ = n
 
     def _fit_here(
@@ -621,7 +629,12 @@ class MisoModel(ChipModel):
 
         self._unlabeled_bounds: dict[int, np.ndarray] = {}
 
-        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        # The labelled chips, normalised once per fit with room for their jitter (each epoch
+        # slices them), when they fit in chip_cache_mb; otherwise read and normalised per batch.
+        padded = _PaddedChips.build(self, labelled, jitter, float(self.chip_cache_mb))
+        self.chip_cache_mb_ = 0.0 if padded is None else padded.nbytes / 2**20
+
+        def batches(epoch: int) -> Iterator[_Batch]:
             rng = np.random.default_rng([self.random_state, epoch])
             labelled.set_epoch(epoch)
             unl = self._unlabeled_centres(x_fit, y_fit, n_unlab, rng)
@@ -638,26 +651,10 @@ class MisoModel(ChipModel):
                 if len(chunk) < smallest:
                     break
                 chunk = chunk[rank::world]
-                samples, labels, qs = [], [], []
-                for src, i in chunk:
-                    sample = labelled[i] if src == 0 else unl_ds[i]  # type: ignore[index]
-                    samples.append(sample)
-                    labels.append(int(y[i]) if src == 0 else -1)
-                    qs.append(sample["query_xy"].numpy())
-                q = np.concatenate([np.stack(qs)[:, None, :], pseudo], axis=1)
-                lab = np.full(q.shape[:2], -1, dtype=np.int64)
-                lab[:, 0] = labels
-                yield (
-                    torch.stack([t["image"] for t in samples]),
-                    torch.stack([t["valid"] for t in samples]),
-                    torch.stack([t["bounds"] for t in samples]),
-                    torch.from_numpy(q.astype(np.float32)),
-                    torch.from_numpy(lab),
-                )
+                yield self._batch(chunk, labelled, unl_ds, padded, y, pseudo)
 
         def step_loss(module: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]:
-            image, valid, bounds, q, lab = batch
-            s2, cov = self._inputs(image, valid)
+            s2, cov, bounds, q, lab = batch
             out = module(
                 None if s2 is None else s2.to(device),
                 None if cov is None else cov.to(device),
@@ -712,6 +709,55 @@ class MisoModel(ChipModel):
             else np.empty((0, 4))
         )
 
+    def _batch(
+        self,
+        chunk: list[tuple[int, int]],
+        labelled: PedonChipDataset,
+        unlabelled: PedonChipDataset | None,
+        padded: _PaddedChips | None,
+        y: np.ndarray,
+        pseudo: np.ndarray,
+    ) -> _Batch:
+        """One training batch: normalised Sentinel-2 and covariate chips (None where the model
+        reads none), bounds, queries (the pedon's, then the pseudo queries) and labels (-1 on
+        pseudo queries and unlabelled chips). ``chunk`` lists ``(0, i)`` for labelled chip ``i``
+        and ``(1, i)`` for unlabelled chip ``i``."""
+        parts: list[tuple[torch.Tensor | None, torch.Tensor | None]] = [(None, None)] * len(chunk)
+        bounds, qs, labels = [], [], []
+        images, valids, read = [], [], []
+        for k, (src, i) in enumerate(chunk):
+            ds = labelled if src == 0 else unlabelled
+            if ds is None:
+                raise RuntimeError("an unlabelled chip was drawn without unlabelled chips")
+            r0, c0, b, query = ds.geometry(i)
+            bounds.append(b)
+            qs.append(query)
+            labels.append(int(y[i]) if src == 0 else -1)
+            if src == 0 and padded is not None:
+                parts[k] = padded.chip(i, r0, c0)
+            else:
+                size = self._size
+                image, valid = self._source.window(r0, c0, size, size)
+                images.append(torch.from_numpy(image))
+                valids.append(torch.from_numpy(valid))
+                read.append(k)
+        if read:
+            s2, cov = self._inputs(torch.stack(images), torch.stack(valids))
+            for j, k in enumerate(read):
+                parts[k] = (None if s2 is None else s2[j], None if cov is None else cov[j])
+        s2_all = None if parts[0][0] is None else torch.stack([p[0] for p in parts])  # type: ignore[misc]
+        cov_all = None if parts[0][1] is None else torch.stack([p[1] for p in parts])  # type: ignore[misc]
+        q = np.concatenate([np.stack(qs)[:, None, :], pseudo], axis=1)
+        lab = np.full(q.shape[:2], -1, dtype=np.int64)
+        lab[:, 0] = labels
+        return (
+            s2_all,
+            cov_all,
+            torch.tensor(bounds, dtype=torch.float64),
+            torch.from_numpy(q.astype(np.float32)),
+            torch.from_numpy(lab),
+        )
+
     def _precision(self, device: torch.device) -> str:
         """The training arithmetic (``fp32`` or ``bf16``) on ``device``."""
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -724,8 +770,13 @@ class MisoModel(ChipModel):
         return "bf16" if native_bf16(device) else "fp32"
 
     def fit_report(self) -> dict[str, float]:
-        """The selected epoch (and the epochs run)."""
-        return {"best_epoch": float(self.best_epoch_), "epochs_run": float(len(self.history_))}
+        """The selected epoch, the epochs run and the memory the padded-chip cache took (0:
+        chips read and normalised per batch)."""
+        return {
+            "best_epoch": float(self.best_epoch_),
+            "epochs_run": float(len(self.history_)),
+            "chip_cache_mb": float(getattr(self, "chip_cache_mb_", 0.0)),
+        }
 
     def run_tags(self) -> dict[str, str]:
         """Tags for the run record: the preset used and the pretrained weights (or none)."""
@@ -1155,6 +1206,82 @@ class _EpochRelay:
             self.records.put(None)
 
 
+#: A training batch: Sentinel-2 and covariate chips (normalised; None where not read), bounds,
+#: queries and labels.
+_Batch = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class _PaddedChips:
+    """A fit's labelled chips, each read and normalised once with ``jitter`` pixels of margin
+    on every side: an epoch's jittered chip is a slice of its padded window. Normalisation is
+    per pixel, so the slice equals the chip read and normalised on its own (float rounding of
+    vectorised ``asinh`` aside)."""
+
+    def __init__(
+        self,
+        s2: torch.Tensor | None,
+        cov: torch.Tensor | None,
+        r0: np.ndarray,
+        c0: np.ndarray,
+        size: int,
+    ) -> None:
+        self.s2, self.cov, self.r0, self.c0, self.size = s2, cov, r0, c0, size
+
+    @classmethod
+    def build(
+        cls, model: MisoModel, ds: PedonChipDataset, jitter: int, budget_mb: float, batch: int = 64
+    ) -> _PaddedChips | None:
+        """The padded chips of ``ds``, or None when they would take more than ``budget_mb``
+        (judged from the first batch) or there are none."""
+        n, size = len(ds), ds.sampler.chip_size_px
+        if n == 0 or budget_mb <= 0:
+            return None
+        side = size + 2 * jitter
+        half = size // 2
+        r0 = ds.sampler.row.astype(np.int64) - half - jitter
+        c0 = ds.sampler.col.astype(np.int64) - half - jitter
+        s2_parts: list[torch.Tensor] = []
+        cov_parts: list[torch.Tensor] = []
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            windows = [
+                model._source.window(int(r0[i]), int(c0[i]), side, side) for i in range(start, stop)
+            ]
+            s2, cov = model._inputs(
+                torch.from_numpy(np.stack([w[0] for w in windows])),
+                torch.from_numpy(np.stack([w[1] for w in windows])),
+            )
+            if start == 0:
+                per_chip = sum(t[0].nbytes for t in (s2, cov) if t is not None)
+                if per_chip * n > budget_mb * 2**20:
+                    return None
+            if s2 is not None:
+                s2_parts.append(s2)
+            if cov is not None:
+                cov_parts.append(cov)
+        return cls(
+            torch.cat(s2_parts) if s2_parts else None,
+            torch.cat(cov_parts) if cov_parts else None,
+            r0,
+            c0,
+            size,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        return sum(t.nbytes for t in (self.s2, self.cov) if t is not None)
+
+    def chip(self, i: int, r0: int, c0: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Chip ``i`` with upper-left global pixel ``(r0, c0)`` (inside its padded window)."""
+        dr, dc = r0 - int(self.r0[i]), c0 - int(self.c0[i])
+        rows, cols = slice(dr, dr + self.size), slice(dc, dc + self.size)
+        return (
+            None if self.s2 is None else self.s2[i, :, rows, cols],
+            None if self.cov is None else self.cov[i, :, rows, cols],
+        )
+
+
 def _fit_worker(
     params: dict[str, Any],
     context: FoldContext,
@@ -1182,5 +1309,6 @@ def _fit_worker(
                 resumed_from=model.resumed_from_,
                 seconds=model.train_seconds_,
                 unlabeled_windows=model.unlabeled_windows_,
+                chip_cache_mb=model.chip_cache_mb_,
             )
         return out
