@@ -7,10 +7,13 @@ the fast path (blend before the last layer, offsets shared per query, cells proj
 chunks that stay in cache, the ``center`` ablation decoded once per chip); for training, that
 decoder with the single-tensor AdamW against the fast path with the fused AdamW kernel. The
 full query path is both modalities' decoders over all four stages, fusion, mappers, heads and
-the location branch. Where the device computes bf16 natively (a GPU, ``--device cuda``, or a
-CPU with AVX512-BF16 or AMX) every figure is measured in fp32 and in bf16 autocast (what
-MISO's ``precision=auto`` trains in there); on a GPU with channels-last encoders, and peak
-GPU memory is reported. Prints figures and ratios; no assertions. Usage::
+the location branch. Beside each training step: its matrix-product work (FLOPs counted by
+torch's FlopCounterMode), the rate achieved and the device's own matrix-product rate (one
+large square product, measured in the same run), hence the fastest any step doing that
+work at that precision could be here. Where the device computes bf16 natively (a GPU,
+``--device cuda``, or a CPU with AVX512-BF16 or AMX) every figure is measured in fp32 and in
+bf16 autocast (what MISO's ``precision=auto`` trains in there); on a GPU with channels-last
+encoders, and peak GPU memory is reported. Prints figures and ratios; no assertions. Usage::
 
     python benchmarks/bench_miso.py [--presets cpu paper] [--queries 62500] [--device cpu]
 
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from miso_bench.models.miso.attention import set_exact_attention
 from miso_bench.models.miso.estimator import PRESETS
@@ -53,6 +57,22 @@ def timed(fn: Callable[[], None], repeat: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    """FLOP/s of one large square matrix product (the best of five) on ``device``."""
+    a = torch.rand(n, n, device=device, dtype=dtype)
+    b = torch.rand(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed_best(lambda: a @ b, 5, device)
+
+
+def timed_best(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    """Seconds of the fastest of ``repeat`` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        best = min(best, _once(fn, device))
+    return best
+
+
 def paired(
     fast: Callable[[], None], slow: Callable[[], None], rounds: int, device: torch.device
 ) -> tuple[float, float]:
@@ -67,7 +87,7 @@ def paired(
     return best[0], best[1]
 
 
-def _once(fn: Callable[[], None], device: torch.device) -> float:
+def _once(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -126,6 +146,17 @@ def bench_preset(preset: str, queries: int, device: torch.device, dtype: str) ->
         f"  training (51 queries/chip)   {batch / t_fast:9.2f} samples/s ({t_fast:.3f} s/step)"
         f"   straightforward {batch / t_exact:9.2f} ({t_exact:.3f} s/step)   ratio "
         f"{t_exact / t_fast:.2f}x"
+    )
+    # The step's floor: its matrix-product work at this device's own matrix-product rate.
+    with FlopCounterMode(display=False) as counter:
+        train_step(False)
+    flops = counter.get_total_flops()
+    peak = matmul_rate(device, torch.bfloat16 if amp else torch.float32)
+    print(
+        f"  training step work           {flops / 1e9:9.1f} GFLOP (matrix products), "
+        f"{flops / t_fast / 1e9:.0f} GFLOP/s achieved = {flops / t_fast / peak:.0%} of this "
+        f"device's {dtype} matrix-product rate ({peak / 1e9:.0f} GFLOP/s): no step at these "
+        f"numerics is faster than {flops / peak:.3f} s here"
     )
 
     net.eval()

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .config import default_dataset_dir
 from .cv import inner_validation_split
-from .data.cache import cached_feature_table, dataset_fingerprint
+from .data.cache import cached_band_stats, cached_feature_table, dataset_fingerprint
 from .data.features import feature_groups, resolve_feature_columns
 from .data.manifest import DatasetManifest, load_manifest
 from .data.pedons import PedonDataset, read_truth
@@ -149,10 +149,10 @@ class RunInputs:
     def normalizer(self) -> Any:
         """Per-band normalisation statistics of the dataset (computed once)."""
         if self._normalizer is None:
-            from .data.normalization import Normalizer, compute_band_stats
+            from .data.normalization import Normalizer
 
             self._normalizer = Normalizer(
-                compute_band_stats(self.manifest), self.chip_source().band_names
+                cached_band_stats(self.manifest, self.fingerprint), self.chip_source().band_names
             )
         return self._normalizer
 

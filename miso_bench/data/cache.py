@@ -1,19 +1,26 @@
-"""Caches under ``$MISO_BENCH_HOME/cache``: dataset fingerprints and point features.
+"""Caches under ``$MISO_BENCH_HOME/cache``: dataset fingerprints, point features and band
+statistics.
 
 A dataset's fingerprint is a SHA-256 over its manifest and the bytes of every file it names.
 Hashing gigabytes of rasters on every run would cost more than a forest's cross-validation, so
 the full hash is kept under a cheap key (the manifest's bytes plus each file's name, size and
 modification time): a repeated run reads the cached hash, and any change of a file's size or
 time recomputes it. Point features (what tree models read) are cached per fingerprint,
-window and point set, so a dataset's pedons are read from the rasters once.
+window and point set, so a dataset's pedons are read from the rasters once; a dataset's
+normalisation statistics (a strided sample of every raster) per fingerprint. Each cached value
+is keyed by the code that computes it too: an upgrade that changes it never reads an older
+version's value.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,7 +28,16 @@ import pandas as pd
 from ..config import home_dir
 from .manifest import DatasetManifest
 
-__all__ = ["cache_dir", "cached_feature_table", "dataset_files", "dataset_fingerprint"]
+if TYPE_CHECKING:
+    from .normalization import BandStats
+
+__all__ = [
+    "cache_dir",
+    "cached_band_stats",
+    "cached_feature_table",
+    "dataset_files",
+    "dataset_fingerprint",
+]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -84,14 +100,39 @@ def dataset_fingerprint(
     return digest
 
 
+def _code(*modules: object) -> str:
+    """A hash of the modules whose code decides a cached value."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(str(getattr(module, "__file__", ""))).read_bytes())
+    return h.hexdigest()[:8]
+
+
 def _features_code() -> str:
-    """A hash of the modules whose code decides point-feature values."""
     from . import features, manifest
 
-    h = hashlib.sha256()
-    for module in (features, manifest):
-        h.update(Path(str(module.__file__)).read_bytes())
-    return h.hexdigest()[:8]
+    return _code(features, manifest)
+
+
+def cached_band_stats(manifest: DatasetManifest, fingerprint: str) -> dict[str, BandStats]:
+    """:func:`~miso_bench.data.normalization.compute_band_stats` of the dataset, read from the
+    cache when the same dataset's statistics were computed before by the same code."""
+    from . import manifest as manifest_module
+    from . import normalization
+    from .normalization import BandStats, compute_band_stats
+
+    path = cache_dir("band_stats", fingerprint) / f"{_code(normalization, manifest_module)}.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+            stats = {b: BandStats(**v) for b, v in raw.items()}
+            if list(stats) == list(manifest.band_names):
+                return stats
+        except (OSError, ValueError, TypeError):  # a damaged cache file is recomputed
+            pass
+    stats = compute_band_stats(manifest)
+    _write_atomic(path, json.dumps({b: asdict(v) for b, v in stats.items()}).encode())
+    return stats
 
 
 def cached_feature_table(

@@ -117,3 +117,24 @@ def test_tensors_are_normalised_in_torch_like_arrays_in_numpy(tiny, channels):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6)
     full = norm(image.numpy(), valid.numpy())
     np.testing.assert_array_equal(want, full[:, picked])
+
+
+def test_band_statistics_are_cached_per_dataset(tiny, home, monkeypatch):
+    """Computed once per dataset (the same values, bit for bit, read back); a damaged cache
+    file or another dataset's fingerprint computes them again."""
+    from miso_bench.data import cache
+
+    first = cache.cached_band_stats(tiny, "f" * 16)
+    assert first == compute_band_stats(tiny)
+    calls = []
+
+    def counted(manifest, *args, **kwargs):
+        calls.append(manifest)
+        return compute_band_stats(manifest, *args, **kwargs)
+
+    monkeypatch.setattr("miso_bench.data.normalization.compute_band_stats", counted)
+    assert cache.cached_band_stats(tiny, "f" * 16) == first and calls == []
+    (path,) = (home / "cache" / "band_stats" / ("f" * 16)).glob("*.json")
+    path.write_text("{not json")
+    assert cache.cached_band_stats(tiny, "f" * 16) == first and len(calls) == 1
+    assert cache.cached_band_stats(tiny, "e" * 16) == first and len(calls) == 2
