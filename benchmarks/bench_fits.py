@@ -6,7 +6,11 @@ another in this process with all of torch's threads, as ``--jobs 1`` does, and i
 processes with a share of the threads each (:func:`miso_bench.parallel.fit_in_workers`, as
 ``--jobs auto`` does). Prints the wall time of each, the ratio, and the largest difference
 between the two ways' out-of-fold probabilities (not zero when the thread counts differ:
-float sums are split by thread). No MLflow, no assertions. Usage::
+float sums are split by thread). Then one fold fit on one thread (what a worker has) with
+and without the padded-chip cache (``chip_cache_mb``: the labelled chips read and normalised
+once per fit, each epoch slicing them), interleaved: training seconds of each, the ratio, and
+the largest difference between their probabilities (zero: the same numbers). No MLflow, no
+assertions. Usage::
 
     python benchmarks/bench_fits.py [--task tax_order] [--fits 4] [--epochs 2] [--workers 2]
 """
@@ -17,6 +21,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +92,28 @@ def main() -> None:
     print(
         f"  side by side ({args.workers} x {share})         {t_two:7.1f} s   ratio "
         f"{t_one / t_two:.2f}x   (largest probability difference {diff:.2e})"
+    )
+    chip_cache(inputs, specs[0], params)
+
+
+def chip_cache(inputs: Any, spec: Any, params: dict, rounds: int = 2) -> None:
+    """One fold fit on one thread with and without the padded-chip cache, interleaved."""
+    torch.set_num_threads(1)
+    best = {"cache": float("inf"), "no cache": float("inf")}
+    proba = {}
+    size = 0.0
+    for _ in range(rounds):
+        for name, mb in (("no cache", 0.0), ("cache", 1024.0)):
+            result = fit_predict_fold(inputs, spec, {**params, "chip_cache_mb": mb}, 0)
+            best[name] = min(best[name], result.model.train_seconds_)
+            proba[name] = result.proba
+            if mb:
+                size = result.model.fit_report()["chip_cache_mb"]
+    diff = float(np.abs(proba["cache"] - proba["no cache"]).max())
+    print(
+        f"  one fold, 1 thread: training {best['cache']:.1f} s with the chip cache ({size:.0f} "
+        f"MB), {best['no cache']:.1f} s without   ratio {best['no cache'] / best['cache']:.2f}x"
+        f"   (largest probability difference {diff:.1e})"
     )
 
 
