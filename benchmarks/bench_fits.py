@@ -97,22 +97,28 @@ def main() -> None:
 
 
 def chip_cache(inputs: Any, spec: Any, params: dict, rounds: int = 2) -> None:
-    """One fold fit on one thread with and without the padded-chip cache, interleaved."""
+    """One fold fit on one thread with and without the padded-chip cache, interleaved: the
+    fastest round of each, training alone and the whole fit (the cache's build and the
+    test pedons' prediction included)."""
     torch.set_num_threads(1)
-    best = {"cache": float("inf"), "no cache": float("inf")}
+    train = {"cache": float("inf"), "no cache": float("inf")}
+    whole = dict(train)
     proba = {}
     size = 0.0
     for _ in range(rounds):
         for name, mb in (("no cache", 0.0), ("cache", 1024.0)):
             result = fit_predict_fold(inputs, spec, {**params, "chip_cache_mb": mb}, 0)
-            best[name] = min(best[name], result.model.train_seconds_)
+            train[name] = min(train[name], result.model.train_seconds_)
+            whole[name] = min(whole[name], result.seconds)
             proba[name] = result.proba
             if mb:
                 size = result.model.fit_report()["chip_cache_mb"]
     diff = float(np.abs(proba["cache"] - proba["no cache"]).max())
+    t, w = train, whole
     print(
-        f"  one fold, 1 thread: training {best['cache']:.1f} s with the chip cache ({size:.0f} "
-        f"MB), {best['no cache']:.1f} s without   ratio {best['no cache'] / best['cache']:.2f}x"
+        f"  one fold, 1 thread, with the chip cache ({size:.0f} MB) / without: training "
+        f"{t['cache']:.1f} / {t['no cache']:.1f} s ({t['no cache'] / t['cache']:.2f}x), whole "
+        f"fit {w['cache']:.1f} / {w['no cache']:.1f} s ({w['no cache'] / w['cache']:.2f}x)"
         f"   (largest probability difference {diff:.1e})"
     )
 

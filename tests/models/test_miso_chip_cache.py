@@ -8,6 +8,7 @@ import torch
 
 from miso_bench.data.manifest import load_manifest
 from miso_bench.data.pedons import PedonDataset
+from miso_bench.errors import MisoBenchError
 from miso_bench.models import build_model
 from miso_bench.models.miso.estimator import _PaddedChips
 from tests.models.test_miso import SMALL, make_context
@@ -71,3 +72,10 @@ def test_a_fit_with_the_cache_equals_one_without(tiny):
         ):
             assert torch.equal(p, q), name
     assert [r.fit_report()["chip_cache_mb"] > 0 for r in runs] == [True, False, False]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "lots", True])
+def test_a_bad_cache_budget_is_a_clear_error(bad, tiny):
+    context, kept, _, _ = _points(tiny)
+    with pytest.raises(MisoBenchError, match="chip_cache_mb="):
+        _trained(context, kept, chip_cache_mb=bad)
