@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,17 @@ from miso_bench.data.synthetic import generate_synthetic_alaska
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes into ``./.miso-bench`` or the user's ``$MISO_BENCH_HOME``: the session has
+    its own home (caches, locks, MLflow artifacts of tests that name only a tracking store);
+    the ``home`` fixture gives a test a fresh one."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MISO_BENCH_HOME", str(tmp_path_factory.mktemp("session-home")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -107,3 +107,13 @@ def test_every_shipped_config_resolves(path, tiny):
 def test_bad_values_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(None, None, [override])
+
+
+def test_tests_never_write_into_the_repository_or_the_users_home():
+    """Tests that name only a tracking store once left MLflow artifacts, caches and locks in
+    the clone's ./.miso-bench; every test now runs under the session's own home."""
+    from miso_bench.config import home_dir
+    from tests.conftest import REPO
+
+    home = home_dir()
+    assert home != REPO / ".miso-bench" and REPO not in home.parents
