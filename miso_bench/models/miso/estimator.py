@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cov_width": 32,
         "chip_size_px": 32,
         "batch_size": 32,
-        "epochs": 10,
+        "epochs": 9,
         "lr": 5e-4,
         "patience": 5,
         "unlabeled_ratio": 0.1,
