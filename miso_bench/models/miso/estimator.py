@@ -33,7 +33,7 @@ from sklearn.metrics import f1_score
 
 from ...errors import MisoBenchError, warn
 from ...spatial import metres_per_unit
-from ...training import TrainConfig, fit_module, native_bf16
+from ...training import TrainConfig, bf16_pays, fit_module
 from ...training.distributed import device_count, launch, process_group, shard
 from ..base import ChipModel, EpochCallback, FoldContext
 from .backbones import find_satlas_weights, load_satlas_state_dict, satlas_normalize
@@ -126,9 +126,10 @@ class MisoModel(ChipModel):
         class_weighting: ``none`` or ``sqrt_inverse`` class weights.
         drop_path: stochastic depth of the Swin encoders; dropout: of the location MLP.
         device: ``auto``, ``cpu`` or ``cuda``.
-        precision: training arithmetic: ``auto`` (bf16 autocast where the device computes
-            bf16 natively: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere), ``bf16`` or
-            ``fp32``. Weights, optimizer and prediction stay fp32 either way.
+        precision: training arithmetic: ``auto`` (bf16 autocast where it is faster: CUDA,
+            and CPUs with AVX512-BF16 or AMX whose bf16 matrix products measure at least 1.5x
+            fp32's; fp32 elsewhere), ``bf16`` or ``fp32``. Weights, optimizer and prediction
+            stay fp32 either way; the run's ``precision`` tag records what was used.
         devices: processes training data-parallel (one per GPU; on CPU, each gets a share
             of the cores); ``-1`` = every visible GPU. ``batch_size`` is the global batch.
         chip_cache_mb: memory for the training chips, read and normalised once per fit with
@@ -524,6 +525,8 @@ class MisoModel(ChipModel):
                 "manifest), normalizer=...) (the benchmark engine does this)"
             )
         merged_aux(self.aux)  # unknown loss names fail before any work
+        # Resolved once here, so that every rank of a data-parallel fit trains alike.
+        self.precision_ = self._precision(self._device())
         n = self._n_devices()
         if n == 1:
             self._fit_here(X, y, X_val, y_val, context)
@@ -562,7 +565,8 @@ class MisoModel(ChipModel):
         source = context.source.resized(context.source.cache_mb / n)
         worker_ctx = replace(context, on_epoch=relay, source=source)
         try:
-            results = launch(_fit_worker, (self.get_params(), worker_ctx, X, y, X_val, y_val), n)
+            params = {**self.get_params(), "precision": self.precision_}
+            results = launch(_fit_worker, (params, worker_ctx, X, y, X_val, y_val), n)
         finally:
             if relay is not None:
                 relay.close()
@@ -609,6 +613,7 @@ class MisoModel(ChipModel):
             weights = torch.tensor(w / w[counts > 0].mean(), dtype=torch.float32)
         loss_fn = MisoLoss(binary, merged_aux(self.aux), self.temperature, weights)
         device = self._device()
+        self.precision_ = self._precision(device)  # a rank's model gets it resolved
         loss_fn.to(device)
         x_fit, y_fit = X["coord_x"].to_numpy(), X["coord_y"].to_numpy()
         jitter = min(int(self.jitter_frac * self._size), (self._size - 1) // 2)
@@ -684,7 +689,7 @@ class MisoModel(ChipModel):
             warmup_frac=float(self.warmup_frac),
             patience=int(s["patience"]),
             device=device.type,
-            amp=self._precision(device) == "bf16",
+            amp=self.precision_ == "bf16",
         )
         result = fit_module(
             net,
@@ -777,7 +782,7 @@ class MisoModel(ChipModel):
             )
         if self.precision != "auto":
             return str(self.precision)
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if bf16_pays(device) else "fp32"
 
     def fit_report(self) -> dict[str, float]:
         """The selected epoch, the epochs run and the memory the padded-chip cache took (0:
@@ -794,7 +799,7 @@ class MisoModel(ChipModel):
             "miso_preset": self.settings_["preset"],
             "pretrained_weights": self.pretrained_,
             "device": str(self._device()),
-            "precision": self._precision(self._device()),
+            "precision": getattr(self, "precision_", None) or self._precision(self._device()),
             "devices": str(getattr(self, "world_size_", 1)),
         }
 
