@@ -381,7 +381,7 @@ def _identity(
     if block is None and hasattr(splitter, "base"):  # buffered: the base scheme's blocks
         block = getattr(splitter.base, "block_size_m", None)
     if block is not None:
-        tags["cv_block_size_m"] = f"{float(block):.0f}"
+        tags["cv_block_size_m"] = f"{float(block):.10g}"  # exact: reruns give the same folds
     return chash, tags
 
 

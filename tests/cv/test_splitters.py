@@ -193,3 +193,29 @@ def test_every_registered_scheme_partitions_the_pedons(name, tmp_path):
     }
     _, splits = build_splits(name, params, ctx)
     check_partition(splits, len(X))
+
+
+def test_auto_blocks_are_the_same_on_every_machine(monkeypatch):
+    """The semivariogram fit's last digits depend on the CPU's BLAS kernels (the default
+    dataset's pf1m range: 300.49077 m with one kernel, 300.49014 m with another), and folds
+    cut from blocks that differ in their sixth digit deal most pedons elsewhere: ``auto`` is
+    rounded to whole metres, and the run's tag holds the size used."""
+    import miso_bench.cv as cv
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 20_000, size=(4000, 2))
+    # Pedons between the k-th multiples of the two fitted sizes (in another block under each).
+    X[:40, 0] = np.arange(10, 50) * 300.4905
+    y = rng.integers(0, 2, len(X))
+    ctx = SplitContext(X, y, np.arange(len(X)), {})
+    folds = []
+    for fitted in (300.49076869738917, 300.4901354866962):
+        monkeypatch.setattr(cv, "estimate_autocorrelation_range", lambda *a, f=fitted, **k: f)
+        splitter, splits = build_splits("spatial", {"n_splits": 5, "block_size_m": "auto"}, ctx)
+        assert splitter.block_size_m == 300.0
+        folds.append([test.tolist() for _, test in splits])
+    assert folds[0] == folds[1]
+    # ... where the unrounded sizes put pedons in other folds.
+    sizes = (300.49076869738917, 300.4901354866962)
+    raw = [SpatialBlockKFold(5, f, 0)._folds(X, y, None) for f in sizes]
+    assert (raw[0] != raw[1]).any()
