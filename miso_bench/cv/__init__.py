@@ -123,7 +123,7 @@ def _spatial(ctx: SplitContext, p: dict[str, Any]) -> tuple[BaseCrossValidator, 
             warn(
                 "cv_block_size_shrunk",
                 f"block_size_m=auto: the autocorrelation range ({fitted:.0f} m) leaves fewer "
-                f"than {2 * n_splits} blocks; blocks shrunk to {size:.0f} m",
+                f"than {2 * n_splits} blocks; blocks shrunk to {size:g} m",
             )
     return SpatialBlockKFold(n_splits, size, ctx.seed), None
 

@@ -219,3 +219,14 @@ def test_auto_blocks_are_the_same_on_every_machine(monkeypatch):
     sizes = (300.49076869738917, 300.4901354866962)
     raw = [SpatialBlockKFold(5, f, 0)._folds(X, y, None) for f in sizes]
     assert (raw[0] != raw[1]).any()
+
+
+def test_shrunk_auto_blocks_are_reported_at_the_size_used(monkeypatch):
+    import miso_bench.cv as cv
+
+    X = np.random.default_rng(0).uniform(0, 2000, size=(400, 2))
+    ctx = SplitContext(X, np.arange(400) % 2, np.arange(400), {})
+    monkeypatch.setattr(cv, "estimate_autocorrelation_range", lambda *a, **k: 1902.0)
+    with pytest.warns(MisoBenchWarning, match=r"range \(1902 m\).*shrunk to 475\.5 m"):
+        splitter, _ = build_splits("spatial", {"n_splits": 5, "block_size_m": "auto"}, ctx)
+    assert splitter.block_size_m == 475.5
