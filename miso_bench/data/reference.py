@@ -46,6 +46,10 @@ from .tiles import tile_bounds
 __all__ = ["LABEL_RULES", "ImportReport", "import_reference"]
 
 # The reference's band and class names are those of the synthetic generator (made to match).
+#: The reference format's coordinate system: its point JSON names ``x_3338``/``y_3338`` and
+#: its chip arrays carry no georeferencing, being 10 m windows of Alaska Albers by definition.
+#: Only this importer assumes it; everything downstream reads the CRS from the manifest.
+REFERENCE_CRS = "EPSG:3338"
 REFERENCE_S2_BANDS = SATLAS_S2_BANDS
 REFERENCE_TERRAIN = TERRAIN_BANDS
 REFERENCE_CLIMATE = CLIMATE_BANDS
@@ -210,7 +214,7 @@ def _write_tile(
                 height=height,
                 count=len(bands),
                 dtype=dtype,
-                crs="EPSG:3338",
+                crs=REFERENCE_CRS,
                 transform=from_origin(xmin, ymax, 10.0, 10.0),
                 nodata=nodata,
                 tiled=True,
@@ -335,7 +339,7 @@ def import_reference(
     gdf = gpd.GeoDataFrame(
         frame.drop(columns=["x", "y"]),
         geometry=gpd.points_from_xy(frame["x"], frame["y"]),
-        crs="EPSG:3338",
+        crs=REFERENCE_CRS,
     )
     gdf.to_file(out / "pedons.gpkg", driver="GPKG")
 
@@ -405,7 +409,7 @@ def import_reference(
     manifest = {
         "name": name,
         "description": f"imported by miso-bench data import-reference from {points.name}",
-        "crs": "EPSG:3338",
+        "crs": REFERENCE_CRS,
         "res_m": 10.0,
         "modalities": modalities,
         "pedons": {"file": "pedons.gpkg", "id_column": "id", "labels": labels},

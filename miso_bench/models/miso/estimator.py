@@ -525,8 +525,6 @@ class MisoModel(ChipModel):
                 "manifest), normalizer=...) (the benchmark engine does this)"
             )
         merged_aux(self.aux)  # unknown loss names fail before any work
-        # Resolved once here, so that every rank of a data-parallel fit trains alike.
-        self.precision_ = self._precision(self._device())
         n = self._n_devices()
         if n == 1:
             self._fit_here(X, y, X_val, y_val, context)
@@ -565,6 +563,8 @@ class MisoModel(ChipModel):
         source = context.source.resized(context.source.cache_mb / n)
         worker_ctx = replace(context, on_epoch=relay, source=source)
         try:
+            # Resolved once here, so that every rank trains alike (they do not measure).
+            self.precision_ = self._precision(self._device())
             params = {**self.get_params(), "precision": self.precision_}
             results = launch(_fit_worker, (params, worker_ctx, X, y, X_val, y_val), n)
         finally:
