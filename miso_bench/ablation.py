@@ -183,7 +183,8 @@ class SuiteResult:
         skipped: how many combinations were already finished.
         table: per (task, cv, variant, layer, region): ``value``, ``low``, ``high`` of the
             primary metric (aggregated over seeds) and ``diff``, ``diff_low``, ``diff_high``,
-            ``share_le0`` against the reference variant.
+            ``share_le0`` against the reference variant; ``fold_sets``: how many different
+            fold sets the seeds cut (fewer than the seeds when some cut the same folds).
         summary_run: the MLflow run holding the tables and figures.
     """
 
@@ -323,6 +324,11 @@ def _aggregate(
     classes = ref.classes
     lookup = {c: i for i, c in enumerate(classes)}
     ids = ref.oof.index
+    # How many different fold sets the seeds cut (a spatial seed only breaks ties between
+    # blocks of equal pedon count: with few, large blocks every seed cuts the same folds).
+    fold_sets = len(
+        {tuple(pd.factorize(r.oof["fold"].loc[ids])[0]) for r in records[suite.reference]}
+    )
     y = ref.oof["observed"].astype(str).map(lookup).to_numpy()
     binary = len(classes) == 2
     metric = "f1_pos" if binary else "macro_f1"
@@ -359,6 +365,7 @@ def _aggregate(
                 "metric": metric,
                 "n": stat.n,
                 "seeds": stat.seeds,
+                "fold_sets": fold_sets,
                 "value": stat.value,
                 "low": stat.low,
                 "high": stat.high,
@@ -397,6 +404,17 @@ def format_suite(result: SuiteResult, layer: str = "overall") -> str:
             f"### {task} — {cv} CV — {metric} ({seeds} seed{'s' if seeds > 1 else ''}; "
             f"difference vs {result.suite.reference}, paired)",
             "",
+        ]
+        fold_sets = int(sub["fold_sets"].max()) if "fold_sets" in sub else seeds
+        if seeds > 1 and fold_sets < seeds:
+            lines += [
+                f"Note: the {seeds} seeds cut only {fold_sets} different fold "
+                f"set{'s' if fold_sets > 1 else ''} (a spatial seed only breaks ties between "
+                "blocks of equal pedon count), so the seeds vary the models more than the "
+                "folds; smaller blocks (`cv.block_size_m`) give each seed its own folds.",
+                "",
+            ]
+        lines += [
             f"| variant | {metric} [95% CI] | difference [95% CI] | replicates ≤ 0 |",
             "|---|---|---|---|",
         ]

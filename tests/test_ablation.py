@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from miso_bench.ablation import format_regions, load_suite, run_suite
+from miso_bench.ablation import (
+    SuiteResult,
+    aggregate_suite,
+    format_regions,
+    format_suite,
+    load_suite,
+    run_suite,
+)
 from miso_bench.analysis import build_report, compare_runs
 from miso_bench.errors import MisoBenchError
 from miso_bench.evaluation.paired import aggregate, paired_difference, seed_statistic
@@ -78,6 +85,8 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert np.isnan(overall.loc["rf_small"].get("diff", np.nan))  # the reference
     assert overall.loc["majority", "diff"] < 0 < overall.loc["rf_small", "value"]
     assert (overall["seeds"] == 2).all()
+    assert (overall["fold_sets"] == 2).all()  # 500 m blocks: each seed cuts its own folds
+    assert "different fold set" not in format_suite(first)
     assert {"pf_zone", "mlra"} <= set(table["layer"])  # by region
     regions = format_regions(first)
     assert "tax_order — spatial CV — macro_f1 by pf_zone" in regions and "by mlra" in regions
@@ -91,6 +100,13 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert c.table.loc[c.table["layer"] == "overall", "diff"].iloc[0] < 0
     with pytest.raises(MisoBenchError, match="different folds"):
         compare_runs([by[("rf_small", 0)], by[("rf_small", 1)]], tracking_uri=uri)
+    # Seeds that cut the same folds are named as such (here seed 1's runs are seed 0's).
+    same = {(t, cv, s, v): first.runs[(t, cv, 0, v)] for (t, cv, s, v) in first.runs}
+    twins = aggregate_suite(suite, same, ("tax_order",), uri, n_boot=50)
+    assert (twins["fold_sets"] == 1).all() and (twins["seeds"] == 2).all()
+    assert "the 2 seeds cut only 1 different fold set" in format_suite(
+        SuiteResult(suite, same, table=twins)
+    )
     # The same suite run later on another task: the report shows both, not only the newest.
     from miso_bench.tracking import Tracker
 
@@ -109,7 +125,7 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert all(f.is_file() for f in report.figures)
     markdown = report.markdown.read_text()
     assert "Ablation suite smoke" in markdown
-    assert "other_task, spatial CV" in markdown and "tax_order, spatial CV" in markdown
+    assert "other_task, spatial CV (2 seeds)" in markdown and "tax_order, spatial CV" in markdown
 
 
 class _Images(HTMLParser):

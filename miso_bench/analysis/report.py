@@ -290,7 +290,15 @@ def _ablation_sections(client: Any) -> list[_Section]:
                         ],
                     }
                 )
-                section.tables.append((f"{task}, {cv} CV", frame))
+                title = f"{task}, {cv} CV"
+                seeds = int(sub["seeds"].max())
+                fold_sets = int(sub["fold_sets"].max()) if "fold_sets" in sub else seeds
+                if seeds > 1:
+                    title += f" ({seeds} seeds"
+                    if fold_sets < seeds:  # some seeds cut the same folds: say so
+                        title += f" on {fold_sets} different fold set{'s' * (fold_sets > 1)}"
+                    title += ")"
+                section.tables.append((title, frame))
             sections.append(section)
     return sections
 
