@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,8 +174,10 @@ class Normalizer:
                 valid = np.take(np.asarray(valid), list(channels), axis=channel_axis)
         arr = arr.astype(np.float32, copy=True)
         shape = self._shape(arr, channel_axis)
-        asinh_b = np.broadcast_to(asinh.reshape(shape), arr.shape)
-        arr = np.where(asinh_b, np.arcsinh(arr), arr)
+        if asinh.any():  # only the bands that use it (often one of many)
+            pick: list[Any] = [slice(None)] * arr.ndim
+            pick[channel_axis] = np.flatnonzero(asinh)
+            arr[tuple(pick)] = np.arcsinh(arr[tuple(pick)])
         out = np.clip((arr - center.reshape(shape)) / scale.reshape(shape), -self.clip, self.clip)
         cat_b = np.broadcast_to(cat.reshape(shape), arr.shape)
         out = np.where(cat_b, arr, out)
@@ -207,8 +210,10 @@ class Normalizer:
         def const(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(arr.device).reshape(shape)
 
-        if asinh.any():
-            arr = torch.where(const(asinh), torch.asinh(arr), arr)
+        if asinh.any():  # only the bands that use it (often one of many)
+            dim = channel_axis % arr.ndim
+            index = torch.from_numpy(np.flatnonzero(asinh)).to(arr.device)
+            arr = arr.index_copy(dim, index, torch.asinh(arr.index_select(dim, index)))
         out = ((arr - const(center)) / const(scale)).clamp(-self.clip, self.clip)
         if cat.any():
             out = torch.where(const(cat), arr, out)

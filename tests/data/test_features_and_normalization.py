@@ -138,3 +138,34 @@ def test_band_statistics_are_cached_per_dataset(tiny, home, monkeypatch):
     path.write_text("{not json")
     assert cache.cached_band_stats(tiny, "f" * 16) == first and len(calls) == 1
     assert cache.cached_band_stats(tiny, "e" * 16) == first and len(calls) == 2
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 19, 7, 9), -3), ((41, 19), -1), ((2, 5, 19), -1)])
+def test_asinh_on_its_bands_alone_gives_the_same_values(tiny, shape, axis):
+    """asinh is computed on the bands that use it (spi: one of 19), not on every band and then
+    selected: the values are those of the every-band formula, bit for bit, in torch and numpy,
+    NaN and negative values included."""
+    stats = compute_band_stats(tiny)
+    norm = Normalizer(stats, tiny.band_names)
+    assert 0 < norm.asinh.sum() < len(tiny.band_names)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(*shape, generator=g) - 0.3) * 3000
+    x.view(-1)[::13] = float("nan")
+    bshape = [1] * len(shape)
+    bshape[axis] = -1
+    mask = torch.from_numpy(norm.asinh).reshape(bshape)
+    center = torch.from_numpy(norm.center).reshape(bshape)
+    scale = torch.from_numpy(norm.scale).reshape(bshape)
+    cat = torch.from_numpy(norm.categorical).reshape(bshape)
+    t = torch.where(mask, torch.asinh(x), x)  # the every-band formula
+    want = torch.where(cat, t, ((t - center) / scale).clamp(-5, 5)).nan_to_num(nan=0.0)
+    assert torch.equal(norm(x, channel_axis=axis), want)
+    a = x.numpy()
+    ta = np.where(norm.asinh.reshape(bshape), np.arcsinh(a), a)
+    wa = np.clip((ta - norm.center.reshape(bshape)) / norm.scale.reshape(bshape), -5, 5)
+    wa = np.nan_to_num(np.where(norm.categorical.reshape(bshape), ta, wa), nan=0.0)
+    np.testing.assert_array_equal(norm(a, channel_axis=axis), wa.astype(np.float32))
+    assert not np.shares_memory(norm(a, channel_axis=axis), a)  # the input is left alone
+    before = x.clone()
+    norm(x, channel_axis=axis)
+    assert torch.equal(x.nan_to_num(nan=-1), before.nan_to_num(nan=-1))
