@@ -184,7 +184,8 @@ class SuiteResult:
         table: per (task, cv, variant, layer, region): ``value``, ``low``, ``high`` of the
             primary metric (aggregated over seeds) and ``diff``, ``diff_low``, ``diff_high``,
             ``share_le0`` against the reference variant; ``fold_sets``: how many different
-            fold sets the seeds cut (fewer than the seeds when some cut the same folds).
+            fold sets the seeds cut (fewer than the seeds when some cut the same folds);
+            ``per_seed``: each seed's value, ``;``-separated.
         summary_run: the MLflow run holding the tables and figures.
     """
 
@@ -366,6 +367,7 @@ def _aggregate(
                 "n": stat.n,
                 "seeds": stat.seeds,
                 "fold_sets": fold_sets,
+                "per_seed": ";".join(f"{v:.6f}" for v in stat.per_seed),
                 "value": stat.value,
                 "low": stat.low,
                 "high": stat.high,
@@ -414,9 +416,11 @@ def format_suite(result: SuiteResult, layer: str = "overall") -> str:
                 "folds; smaller blocks (`cv.block_size_m`) give each seed its own folds.",
                 "",
             ]
+        per_seed = seeds > 1 and "per_seed" in sub
         lines += [
-            f"| variant | {metric} [95% CI] | difference [95% CI] | replicates ≤ 0 |",
-            "|---|---|---|---|",
+            f"| variant | {metric} [95% CI] | difference [95% CI] | replicates ≤ 0 |"
+            + (" each seed |" if per_seed else ""),
+            "|---|---|---|---|" + ("---|" if per_seed else ""),
         ]
         rows = sub[sub["layer"] == layer].sort_values("value", ascending=False)
         for row in rows.itertuples():
@@ -426,7 +430,11 @@ def format_suite(result: SuiteResult, layer: str = "overall") -> str:
             else:
                 diff = f"{row.diff:+.3f} [{row.diff_low:+.3f}, {row.diff_high:+.3f}]"
                 share = f"{row.share_le0:.2f}"
-            lines.append(f"| {row.variant} | {value} | {diff} | {share} |")
+            line = f"| {row.variant} | {value} | {diff} | {share} |"
+            if per_seed:
+                each = str(row.per_seed) if isinstance(row.per_seed, str) else ""
+                line += " " + ", ".join(f"{float(v):.3f}" for v in each.split(";") if v) + " |"
+            lines.append(line)
     return "\n".join(lines).strip()
 
 

@@ -43,6 +43,7 @@ def test_seeds_are_aggregated_by_their_interquartile_mean_from_five():
         preds[s, :right] = 0
     stat = seed_statistic(y, preds, np.arange(10), 2, "accuracy", n_boot=0)
     assert stat.value == pytest.approx(0.6) and stat.seeds == 5  # mean of 0.5, 0.6, 0.7
+    assert stat.per_seed == pytest.approx((0.0, 0.5, 0.6, 0.7, 1.0))  # each seed's value
     assert aggregate(np.array([0.2, 0.4])) == pytest.approx(0.3)  # two seeds: the mean
     # A seed whose value is undefined (NaN) is left out, not trimmed as if it were the largest.
     six = np.array([0.1, 0.5, 0.6, 0.7, 1.0, np.nan])
@@ -87,6 +88,11 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert (overall["seeds"] == 2).all()
     assert (overall["fold_sets"] == 2).all()  # 500 m blocks: each seed cuts its own folds
     assert "different fold set" not in format_suite(first)
+    each = [float(v) for v in overall.loc["rf_small", "per_seed"].split(";")]
+    assert len(each) == 2 and overall.loc["rf_small", "value"] == pytest.approx(
+        np.mean(each), abs=1e-6
+    )
+    assert "| each seed |" in format_suite(first)
     assert {"pf_zone", "mlra"} <= set(table["layer"])  # by region
     regions = format_regions(first)
     assert "tax_order — spatial CV — macro_f1 by pf_zone" in regions and "by mlra" in regions

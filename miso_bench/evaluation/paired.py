@@ -30,6 +30,7 @@ class SeedStat:
         low, high: the CI bounds.
         n: pedons; seeds: how many seeds were aggregated.
         share_le0: share of bootstrap replicates at or below 0 (for differences).
+        per_seed: the metric of each seed (for one side; empty for differences).
     """
 
     value: float
@@ -38,6 +39,7 @@ class SeedStat:
     n: int
     seeds: int
     share_le0: float = float("nan")
+    per_seed: tuple[float, ...] = ()
 
 
 def aggregate(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -140,16 +142,18 @@ def _statistic(
     if n == 0:
         nan = float("nan")
         return SeedStat(nan, nan, nan, 0, sides[0].shape[0])
-    point = []
+    point, seeds_of = [], []
     for preds in sides:
-        per_seed = [_metric(confusion(y, p, k), metric, positive) for p in preds]
+        per_seed = [float(_metric(confusion(y, p, k), metric, positive)) for p in preds]
+        seeds_of.append(tuple(per_seed))
         point.append(float(aggregate(np.array(per_seed))))
     value = point[0] - point[1] if len(sides) == 2 else point[0]
+    one = seeds_of[0] if len(sides) == 1 else ()
     rng = np.random.default_rng(seed)
     per_block = [_block_confusions(y, preds, blocks, k) for preds in sides]
     nb = per_block[0][1]
     if nb < 2 or n_boot < 1:
-        return SeedStat(value, float("nan"), float("nan"), n, sides[0].shape[0])
+        return SeedStat(value, float("nan"), float("nan"), n, sides[0].shape[0], per_seed=one)
     draws = rng.integers(0, nb, size=(n_boot, nb))
     counts = np.zeros((n_boot, nb))
     np.add.at(counts, (np.repeat(np.arange(n_boot), nb), draws.ravel()), 1.0)
@@ -161,6 +165,7 @@ def _statistic(
     stat = replicate[0] - replicate[1] if len(sides) == 2 else replicate[0]
     stat = stat[np.isfinite(stat)]
     if stat.size < max(20, n_boot // 10):  # too few usable replicates: no CI
-        return SeedStat(value, float("nan"), float("nan"), n, sides[0].shape[0])
+        return SeedStat(value, float("nan"), float("nan"), n, sides[0].shape[0], per_seed=one)
     lo, hi = np.percentile(stat, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
-    return SeedStat(value, float(lo), float(hi), n, sides[0].shape[0], float(np.mean(stat <= 0)))
+    share = float(np.mean(stat <= 0))
+    return SeedStat(value, float(lo), float(hi), n, sides[0].shape[0], share, one)
