@@ -41,7 +41,7 @@ from .evaluation.metrics import classification_metrics
 from .evaluation.regional import RegionalResult, evaluate_by_region
 from .evaluation.tasks import Task, resolve_task
 from .models import MODELS, FoldContext, build_model
-from .provenance import code_version, git_commit
+from .provenance import code_version, git_commit, hardware_tags
 from .registry import slugify
 from .spatial import MetricFrame, metric_coordinates
 from .version import __version__
@@ -582,7 +582,8 @@ def pooled_evaluation(
 def identity_tags(config: Mapping[str, Any], inputs: RunInputs) -> dict[str, str]:
     """What a run or sweep is, as MLflow tags: model, scheme, task, seed, the data (name,
     fingerprint, CRS and the CRS distances are measured in), the positive class of a binary
-    task, and the code (commit, versions)."""
+    task, the code (commit, versions) and the CPU (:func:`~miso_bench.provenance.hardware_tags`:
+    not part of what resumes a run, so a suite split between machines still reuses runs)."""
     tags = {
         "model": inputs.model,
         "cv": str(config["cv"]["name"]),
@@ -595,6 +596,7 @@ def identity_tags(config: Mapping[str, Any], inputs: RunInputs) -> dict[str, str
         "git_commit": git_commit(),
         "code_version": code_version(),
         "version": __version__,
+        **hardware_tags(),
     }
     if inputs.task.kind == "binary":
         tags["positive_class"] = str(inputs.task.positive_class)

@@ -77,7 +77,11 @@ def parse_jobs(jobs: int | float | str) -> int | None:
 
 
 def fit_jobs(
-    jobs: int | str | None, kind: str, params: Mapping[str, Any], n_fits: int
+    jobs: int | str | None,
+    kind: str,
+    params: Mapping[str, Any],
+    n_fits: int,
+    left: int | None = None,
 ) -> tuple[int, int]:
     """How many fits run at once, and the torch threads of each: ``(workers, threads)``.
 
@@ -89,7 +93,10 @@ def fit_jobs(
             GPU or several devices (``model.params.devices``) serve one fit.
         kind: the model's kind (``chips`` or ``tabular``).
         params: the model's parameters.
-        n_fits: the fits left to run.
+        n_fits: the run's fits (its folds and the final refit). They decide the threads of
+            each fit, which its numbers depend on: a run resumed with one fit left gives that
+            fit the threads it would have had uninterrupted, not all of them.
+        left: the fits still to run (default ``n_fits``); never more workers than these.
 
     Raises:
         MisoBenchError: ``jobs`` is neither a positive whole number nor ``auto``.
@@ -108,7 +115,7 @@ def fit_jobs(
             by_memory = budget if memory is None else max(1, int(memory // _FIT_GIB))
             workers = max(1, min(budget, n_fits, by_memory))
     threads = max(1, budget // workers)
-    return workers, threads
+    return min(workers, max(1, n_fits if left is None else left)), threads
 
 
 def _cuda() -> bool:

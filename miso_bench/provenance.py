@@ -1,16 +1,23 @@
-"""What a result depends on besides its config and data: the code version and the process.
+"""What a result depends on besides its config and data: the code version, the hardware and
+the process.
 
 ``code_version()`` names the code that produced a run: the git commit of the checkout (with a
 hash of uncommitted changes, if any) or the installed version, and the versions of the
 libraries whose numerics the results depend on. It is recorded with every run and is part of
 what makes a run resumable: a rerun after the code changed starts a new run instead of mixing
 folds computed by two versions.
+
+``hardware_tags()`` names the CPU a run computed on: its model and the vector instructions
+torch's kernels use (``cpu_capability``: e.g. AVX2, AVX512). Float training is not bit-stable
+across them (kernels sum in other orders), so the same code, config and seed can train a
+chip model to other weights on another CPU; the tags say which CPU a run's numbers are from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import socket
 import subprocess
 import time
@@ -20,7 +27,15 @@ from pathlib import Path
 
 from .version import __version__
 
-__all__ = ["code_version", "git_commit", "library_versions", "process_alive", "process_identity"]
+__all__ = [
+    "code_version",
+    "cpu_info",
+    "git_commit",
+    "hardware_tags",
+    "library_versions",
+    "process_alive",
+    "process_identity",
+]
 
 #: Libraries whose versions can change a result.
 KEY_LIBRARIES = (
@@ -84,6 +99,47 @@ def code_version() -> str:
     """One string naming the code: miso-bench version and commit, and key library versions."""
     libs = ",".join(f"{k}={v}" for k, v in library_versions().items())
     return f"miso-bench={__version__};commit={git_commit()};{libs}"
+
+
+@cache
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of Linux's ``/proc/cpuinfo`` (``model name``, ``cpu
+    family``, ``model``, ``flags``, ...), read once; empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block only
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_name() -> str:
+    info = cpu_info()
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    # Vendors' names can be as vague as "AMD EPYC": family and model tell generations apart.
+    detail = [f"{k} {info[k]}" for k in ("cpu family", "model") if info.get(k)]
+    return f"{name} ({', '.join(detail)})" if detail else name
+
+
+@cache
+def hardware_tags() -> dict[str, str]:
+    """What computed a run: ``cpu`` (model name, family and model number) and
+    ``cpu_capability`` (the vector instructions torch's CPU kernels use here)."""
+    try:
+        import torch
+
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError, RuntimeError):
+        capability = "unknown"
+    return {"cpu": _cpu_name(), "cpu_capability": capability}
 
 
 def _start_time(pid: int) -> str | None:

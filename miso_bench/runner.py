@@ -55,7 +55,7 @@ from .evaluation import plots
 from .evaluation.regional import RegionalResult, confusion_of, hard_labels
 from .evaluation.tasks import Task
 from .models import save_fitted
-from .provenance import code_version, process_identity
+from .provenance import code_version, hardware_tags, process_identity
 from .registry import slugify
 from .tracking import Heartbeat, RunInProgressError, Tracker, WarningLog, headline_metrics
 
@@ -294,6 +294,8 @@ def _run(
         )
         tracker = Tracker(experiment, config["tracking"]["uri"])
         with _claim(tracker, chash) as (parent_id, done):
+            if parent_id and done:
+                _check_same_cpu(tracker.run_tags(parent_id), caught)
             refit = bool(config["refit"])
             reporter.folds(len(splits) + int(refit), sum(k != "final" or refit for k in done))
             label = (config["tracking"].get("tags") or {}).get("variant", inputs.model)
@@ -307,10 +309,12 @@ def _run(
                     tracker.log_yaml(run_id, config, "config.yaml")
                     tracker.log_pedons(run_id, inputs)
                 caught.tag(tracker, run_id)
-                n_fits = len(splits) - sum(str(f) in done for f in range(len(splits)))
-                n_fits += int(refit and "final" not in done)
+                left = len(splits) - sum(str(f) in done for f in range(len(splits)))
+                left += int(refit and "final" not in done)
                 params = config["model"]["params"]
-                workers, threads = parallel.fit_jobs(jobs, inputs.kind, params, n_fits)
+                workers, threads = parallel.fit_jobs(
+                    jobs, inputs.kind, params, len(splits) + int(refit), left
+                )
                 tracker.set_tags(run_id, {"fit_jobs": str(workers), "fit_threads": str(threads)})
                 step = _Step(
                     config, inputs, tracker, run_id, reporter, caught, chash, workers, threads
@@ -385,6 +389,23 @@ def _identity(
     return chash, tags
 
 
+def _check_same_cpu(earlier: dict[str, str], caught: WarningLog) -> None:
+    """Warn when a run resumes folds that another CPU computed: float training is not
+    bit-stable across CPUs, so its folds come from two machines (each fold run says which)."""
+    here = hardware_tags()
+    keys = [k for k in here if earlier.get(k) and earlier[k] != here[k]]
+    if keys:
+        was = ", ".join(f"{k} {earlier[k]}" for k in keys)
+        now = ", ".join(f"{k} {here[k]}" for k in keys)
+        caught.add(
+            "resumed_on_another_cpu",
+            f"this run resumes folds computed on another CPU ({was}; here {now}): a chip "
+            "model's numbers differ between CPUs, so its folds mix two machines' numbers "
+            "(each fold run records its CPU; fix: to reproduce one machine's figures, rerun "
+            "with a new --tracking-uri or after deleting the run)",
+        )
+
+
 @contextmanager
 def _claim(tracker: Tracker, chash: str) -> Iterator[tuple[str | None, dict[str, str]]]:
     """Hold the run's lock and yield the interrupted run to resume (its id and finished
@@ -443,6 +464,11 @@ class _Step:
     @property
     def seed(self) -> int:
         return int(self.config["seed"])
+
+    @property
+    def fit_tags(self) -> dict[str, str]:
+        """What computed a fit (its numbers depend on them): the CPU and the fit's threads."""
+        return {**hardware_tags(), "fit_threads": str(self.threads or parallel.cpu_budget())}
 
     def _fit(self, name: str, tags: dict[str, str], spec: Any) -> tuple[str, FoldResult, dict]:
         """One fit in this process, in a nested run: model, predictions, metrics and the truth
@@ -527,7 +553,12 @@ class _Step:
                 self.reporter.fold_finished(name, resumed=True)
                 continue
             spec = plan_fold(name, inputs, train, test, self.config["cv"], self.seed + f)
-            tags = {"fold": str(f), "run_level": "fold", "n_folds": str(len(splits))}
+            tags = {
+                "fold": str(f),
+                "run_level": "fold",
+                "n_folds": str(len(splits)),
+                **self.fit_tags,
+            }
             pending.append(_Job(name, tags, spec, f))
         final_id = done.get("final") if refit else None
         if refit and final_id is not None:
@@ -537,7 +568,8 @@ class _Step:
             spec = plan_fold(
                 "final", inputs, everything, np.array([], int), self.config["cv"], self.seed
             )
-            pending.append(_Job("final", {"fold": "final", "run_level": "final"}, spec, None))
+            final_tags = {"fold": "final", "run_level": "final", **self.fit_tags}
+            pending.append(_Job("final", final_tags, spec, None))
         for job, child, result, truth in self._fit_all(pending):
             if job.fold is None:
                 final_id = child

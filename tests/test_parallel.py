@@ -53,7 +53,11 @@ def machine(monkeypatch):
 def test_auto_runs_chip_models_side_by_side_on_a_cpu(machine, monkeypatch):
     monkeypatch.setenv("MISO_BENCH_JOBS", "auto")
     assert fit_jobs(None, "chips", {}, 6) == (2, 1)
-    assert fit_jobs("auto", "chips", {}, 1) == (1, 2)  # one fit left: all threads
+    assert fit_jobs("auto", "chips", {}, 1) == (1, 2)  # a run of one fit: all threads
+    # A run resumed with one of its six fits left: that fit keeps the thread it would have had
+    # uninterrupted (its numbers depend on its threads), not both.
+    assert fit_jobs("auto", "chips", {}, 6, left=1) == (1, 1)
+    assert fit_jobs("auto", "chips", {}, 6, left=3) == (2, 1)
     assert fit_jobs("auto", "tabular", {}, 6) == (1, 2)  # trees parallelise inside a fit
     assert fit_jobs("auto", "chips", {"devices": 2}, 6) == (1, 2)  # data-parallel fits
     monkeypatch.setattr(parallel, "_available_gib", lambda: 4.0)

@@ -211,6 +211,60 @@ def test_interrupted_run_resumes_without_redoing_folds(tiny_dir, home, monkeypat
     assert sorted(c.data.tags["fold"] for c in finished) == ["0", "1", "2", "3", "4", "final"]
 
 
+def test_a_resumed_fit_has_the_threads_and_records_the_cpu_of_an_uninterrupted_one(
+    tiny_dir, home, monkeypatch
+):
+    """A fit's numbers depend on its threads: the fit left when a run resumes gets the threads
+    its run gives every fit (it had all of them when it was the only fit left), and every fit
+    records its CPU and threads."""
+    from miso_bench import parallel
+    from miso_bench.provenance import hardware_tags
+
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+    _interrupt_on_fit(monkeypatch, 6)  # five folds finish, the final refit is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    monkeypatch.undo()
+    asked = []
+    real = parallel.fit_jobs
+
+    def spy_jobs(jobs, kind, params, n_fits, left=None):
+        asked.append((n_fits, left))
+        return real(jobs, kind, params, n_fits, left)
+
+    monkeypatch.setattr(parallel, "fit_jobs", spy_jobs)
+    result = quiet(cfg)
+    assert result.resumed_folds == [0, 1, 2, 3, 4]
+    assert asked == [(6, 1)]  # threads from the run's six fits, workers from the one left
+    client, parents = _parents(home)
+    children = client.search_runs(
+        [parents[0].info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
+    )
+    here = hardware_tags()
+    for child in children:
+        tags = child.data.tags
+        assert tags["cpu"] == here["cpu"] and tags["cpu_capability"] == here["cpu_capability"]
+        assert tags["fit_threads"] == parents[0].data.tags["fit_threads"]
+    assert parents[0].data.tags["cpu"] == here["cpu"]
+
+
+def test_resuming_folds_another_cpu_computed_is_a_warning(tiny_dir, home, monkeypatch):
+    cfg = config(tiny_dir, home, **{"model.name": "majority", "cv.name": "random"})
+    _interrupt_on_fit(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    monkeypatch.undo()
+    client, parents = _parents(home)
+    client.set_tag(parents[0].info.run_id, "cpu", "Another CPU (cpu family 6, model 85)")
+    result = quiet(cfg)
+    assert result.resumed_folds == [0, 1]
+    assert "another CPU (cpu Another CPU" in result.warnings["resumed_on_another_cpu"]
+    tags = client.get_run(result.run_id).data.tags
+    assert "warning.resumed_on_another_cpu" in tags
+    # Not a reason to start over: the finished folds are still valid estimates.
+    assert result.run_id == parents[0].info.run_id
+
+
 def test_resumed_predictions_are_matched_by_pedon_id(tiny_dir, home, monkeypatch):
     """A finished fold's predictions stored in another row order still land on their pedons."""
     cfg = config(

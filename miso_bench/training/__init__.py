@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import warn
+from ..provenance import cpu_info
 from .distributed import broadcast, shard
 
 __all__ = [
@@ -95,15 +96,9 @@ def bf16_speedup(n: int = 512, rounds: int = 7) -> float:
     return best[0] / best[1]
 
 
-@functools.cache
 def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``, read once; empty elsewhere)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    return frozenset(flags.partition(":")[2].split())
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    return frozenset(cpu_info().get("flags", "").split())
 
 
 @dataclass

@@ -794,14 +794,19 @@ class MisoModel(ChipModel):
         }
 
     def run_tags(self) -> dict[str, str]:
-        """Tags for the run record: the preset used and the pretrained weights (or none)."""
-        return {
+        """Tags for the run record: the preset used, the pretrained weights (or none), the
+        device, arithmetic and device count, and the GPU's name on CUDA."""
+        device = self._device()
+        tags = {
             "miso_preset": self.settings_["preset"],
             "pretrained_weights": self.pretrained_,
-            "device": str(self._device()),
-            "precision": getattr(self, "precision_", None) or self._precision(self._device()),
+            "device": str(device),
+            "precision": getattr(self, "precision_", None) or self._precision(device),
             "devices": str(getattr(self, "world_size_", 1)),
         }
+        if device.type == "cuda":
+            tags["gpu"] = torch.cuda.get_device_name(device)
+        return tags
 
     # --- predict ------------------------------------------------------------------------
     def _probs(self, logits: torch.Tensor) -> np.ndarray:
