@@ -185,7 +185,8 @@ class SuiteResult:
             primary metric (aggregated over seeds) and ``diff``, ``diff_low``, ``diff_high``,
             ``share_le0`` against the reference variant; ``fold_sets``: how many different
             fold sets the seeds cut (fewer than the seeds when some cut the same folds);
-            ``per_seed``: each seed's value, ``;``-separated.
+            ``per_seed``: each seed's value, ``;``-separated; ``cpus``: the CPUs the task's
+            and scheme's runs computed on (``cpu [cpu_capability]`` tags), ``; ``-separated.
         summary_run: the MLflow run holding the tables and figures.
     """
 
@@ -330,6 +331,16 @@ def _aggregate(
     fold_sets = len(
         {tuple(pd.factorize(r.oof["fold"].loc[ids])[0]) for r in records[suite.reference]}
     )
+    # The CPUs the runs computed on (chip models' float training differs between them; runs
+    # older than the hardware tags say nothing and are not counted).
+    cpus = sorted(
+        {
+            f"{r.tags['cpu']} [{r.tags.get('cpu_capability', '?')}]"
+            for seed_runs in records.values()
+            for r in seed_runs
+            if r.tags.get("cpu")
+        }
+    )
     y = ref.oof["observed"].astype(str).map(lookup).to_numpy()
     binary = len(classes) == 2
     metric = "f1_pos" if binary else "macro_f1"
@@ -367,6 +378,7 @@ def _aggregate(
                 "n": stat.n,
                 "seeds": stat.seeds,
                 "fold_sets": fold_sets,
+                "cpus": "; ".join(cpus),
                 "per_seed": ";".join(f"{v:.6f}" for v in stat.per_seed),
                 "value": stat.value,
                 "low": stat.low,
@@ -414,6 +426,15 @@ def format_suite(result: SuiteResult, layer: str = "overall") -> str:
                 f"set{'s' if fold_sets > 1 else ''} (a spatial seed only breaks ties between "
                 "blocks of equal pedon count), so the seeds vary the models more than the "
                 "folds; smaller blocks (`cv.block_size_m`) give each seed its own folds.",
+                "",
+            ]
+        cpus = str(sub["cpus"].iloc[0]) if "cpus" in sub else ""
+        if cpus.count("; ") >= 1:
+            lines += [
+                f"Note: these runs were computed on {cpus.count('; ') + 1} different CPUs "
+                f"({cpus}); a chip model's numbers differ between CPUs, so differences "
+                "between runs from different CPUs include the hardware's (run a suite's "
+                "chip models on one kind of CPU).",
                 "",
             ]
         per_seed = seeds > 1 and "per_seed" in sub

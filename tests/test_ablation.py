@@ -113,6 +113,18 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     assert "the 2 seeds cut only 1 different fold set" in format_suite(
         SuiteResult(suite, same, table=twins)
     )
+    # The CPUs the runs computed on: one here; a run tagged with another CPU is named.
+    from miso_bench.provenance import hardware_tags
+
+    here = hardware_tags()
+    assert (overall["cpus"] == f"{here['cpu']} [{here['cpu_capability']}]").all()
+    assert "different CPUs" not in format_suite(first)
+    client.set_tag(by[("majority", 1)], "cpu", "Another CPU")
+    client.set_tag(by[("majority", 1)], "cpu_capability", "AVX2")
+    mixed = aggregate_suite(suite, first.runs, ("tax_order",), uri, n_boot=50)
+    assert "Another CPU [AVX2]" in mixed["cpus"].iloc[0]
+    text = format_suite(SuiteResult(suite, first.runs, table=mixed))
+    assert "computed on 2 different CPUs (" in text and "Another CPU [AVX2]" in text
     # The same suite run later on another task: the report shows both, not only the newest.
     from miso_bench.tracking import Tracker
 
@@ -121,7 +133,8 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     tags = {**summary.data.tags, "tasks": "other_task"}
     tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
     with tracker.run("ablation-smoke", tags=tags) as later:
-        first.table.assign(task="other_task").to_csv(home / "ablation_table.csv", index=False)
+        # (its runs from two CPUs: the report's table title says so)
+        mixed.assign(task="other_task").to_csv(home / "ablation_table.csv", index=False)
         tracker.log_artifact(later, home / "ablation_table.csv")
     # the report: HTML that parses and holds its figures
     report = build_report(home / "report", tracking_uri=uri)
@@ -132,6 +145,8 @@ def test_smoke_suite_runs_resumes_and_aggregates(tiny_dir, home):
     markdown = report.markdown.read_text()
     assert "Ablation suite smoke" in markdown
     assert "other_task, spatial CV (2 seeds)" in markdown and "tax_order, spatial CV" in markdown
+    assert "(2 seeds) — runs from 2 different CPUs" in markdown
+    assert markdown.count("different CPUs") == markdown.count("other_task, spatial CV")
 
 
 class _Images(HTMLParser):

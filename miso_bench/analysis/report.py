@@ -298,6 +298,9 @@ def _ablation_sections(client: Any) -> list[_Section]:
                     if fold_sets < seeds:  # some seeds cut the same folds: say so
                         title += f" on {fold_sets} different fold set{'s' * (fold_sets > 1)}"
                     title += ")"
+                cpus = str(sub["cpus"].iloc[0]) if "cpus" in sub else ""
+                if "; " in cpus:  # chip models' numbers differ between CPUs: say so
+                    title += f" — runs from {cpus.count('; ') + 1} different CPUs: {cpus}"
                 section.tables.append((title, frame))
             sections.append(section)
     return sections
