@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from pyproj import CRS as PROJ_CRS
+from pyproj import Transformer
 
 from ..errors import DatasetError, ManifestError
 from .features import extract_point_features
@@ -152,18 +153,25 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                         )
                     )
                     good = False
-                elif not _same_crs(src.crs, m.crs):
+                same_crs = src.crs is not None and _same_crs(src.crs, m.crs)
+                if src.crs is not None and not same_crs:
+                    # Supported: chips warp the file onto the grid, trees sample it at the
+                    # points. Said, since warping resamples the file's values.
                     out.append(
                         Problem(
                             str(path),
                             "crs",
-                            f"file CRS {src.crs.to_string()} differs from the dataset CRS {m.crs}",
-                            f"reproject to {m.crs} (gdalwarp -t_srs {m.crs})",
+                            f"file CRS {src.crs.to_string()} differs from the dataset CRS "
+                            f"{m.crs}: chips warp it onto the grid "
+                            f"({'nearest' if spec.categorical else 'bilinear'}), trees sample "
+                            "it at the points",
+                            f"nothing, or reproject it to {m.crs} (gdalwarp -t_srs {m.crs}) to "
+                            "choose the resampling yourself",
+                            "note",
                         )
                     )
-                    good = False
                 rx, ry = abs(src.transform.a), abs(src.transform.e)
-                if not (np.isclose(rx, spec.res_m) and np.isclose(ry, spec.res_m)):
+                if same_crs and not (np.isclose(rx, spec.res_m) and np.isclose(ry, spec.res_m)):
                     out.append(
                         Problem(
                             str(path),
@@ -181,8 +189,13 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                             f"set {fld}.dtype to {src.dtypes[0]}",
                         )
                     )
-                declared = nodata_in_dtype(spec.nodata, src.dtypes[0])
-                stored = nodata_in_dtype(src.nodata, src.dtypes[0])
+                try:
+                    declared = nodata_in_dtype(spec.nodata, src.dtypes[0], path, f"{fld}.nodata")
+                    stored = nodata_in_dtype(src.nodata, src.dtypes[0], path, "(file) no-data")
+                except DatasetError as exc:
+                    out.append(Problem.from_error(exc))
+                    declared = stored = None
+                    good = False
                 if (
                     declared is not None
                     and stored is not None
@@ -196,7 +209,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                             f"set {fld}.nodata to {src.nodata:g} or rewrite the file",
                         )
                     )
-                if np.isclose(rx, m.res_m):
+                if same_crs and np.isclose(rx, m.res_m):
                     origin = (_offset(src.transform.c, rx), _offset(src.transform.f, ry))
                     if reference is None:
                         reference = origin
@@ -300,8 +313,12 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
         on_any = np.zeros(x.size, dtype=bool)
         for path in files:
             with rasterio.open(path) as src:
-                b = src.bounds
-            on_any |= (x >= b.left) & (x < b.right) & (y > b.bottom) & (y <= b.top)
+                b, file_crs = src.bounds, src.crs
+            fx, fy = x, y
+            if not _same_crs(file_crs, m.crs):  # the points where the file's bounds are
+                fx, fy = Transformer.from_crs(m.crs, file_crs, always_xy=True).transform(x, y)
+                fx, fy = np.asarray(fx), np.asarray(fy)
+            on_any |= (fx >= b.left) & (fx < b.right) & (fy > b.bottom) & (fy <= b.top)
         on_by_modality[name] = on_any
         outside_all &= ~on_any
         try:

@@ -47,7 +47,7 @@ from torchgeo.samplers import SpatialSampler
 
 from ..errors import DatasetError
 from .grid import GridSpec, dataset_grid
-from .manifest import DatasetManifest, nodata_in_dtype, open_raster
+from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked
 from .rasters import ManifestRaster, open_stack
 
 __all__ = ["ChipSource", "GridSpec", "PedonChipDataset", "PedonSampler"]
@@ -153,6 +153,14 @@ class ChipSource:
         ordered = [str(p) for p in self.manifest.modality_files(part.spec.name)]
         for path in [p for p in ordered if p in indexed]:
             with open_raster(path) as src:
+                if src.crs is None:
+                    raise DatasetError(
+                        path,
+                        "crs",
+                        "file has no CRS, so its pixels cannot be placed on the map",
+                        f"assign the CRS it is in (gdal_edit.py -a_srs {self.manifest.crs} if "
+                        "it is the dataset's)",
+                    )
                 t = src.transform
                 aligned = (
                     src.crs == target
@@ -234,9 +242,7 @@ class ChipSource:
                 f"file has {src.count} bands, the manifest lists {len(part.bands)}",
                 "list one band name per band in file order",
             )
-        nodata = nodata_in_dtype(
-            spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
-        )
+        nodata = raster_nodata(spec.nodata, src, f.path, spec.name)
         try:
             if f.aligned:
                 fr0, fc0 = r0 - f.row0, c0 - f.col0
@@ -244,7 +250,8 @@ class ChipSource:
                 cc0, cc1 = max(fc0, 0), min(fc0 + bp, src.width)
                 if rr1 <= rr0 or cc1 <= cc0:
                     return None
-                data = src.read(window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0)).astype(np.float32)
+                window = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+                data = read_masked(src, nodata, window=window).astype(np.float32)
                 rows, cols = slice(rr0 - fr0, rr1 - fr0), slice(cc0 - fc0, cc1 - fc0)
             else:
                 transform = Affine(self.grid.res, 0, xmin, 0, -self.grid.res, ymax)

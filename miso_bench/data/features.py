@@ -21,7 +21,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest, nodata_in_dtype, open_raster
+from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked
 
 __all__ = ["extract_point_features", "feature_table", "window_feature_table"]
 
@@ -39,6 +39,7 @@ def _file_values(
     window_px: int,
     nodata: float | None,
     n_bands: int,
+    modality: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``window_px x window_px`` window of every band around the points, from one file.
 
@@ -54,7 +55,15 @@ def _file_values(
                 f"file has {src.count} bands, the manifest lists {n_bands}",
                 "list one band name per band in file order",
             )
-        if src.crs is not None and src.crs != rasterio.crs.CRS.from_user_input(points_crs):
+        if src.crs is None:
+            raise DatasetError(
+                path,
+                "crs",
+                "file has no CRS, so its pixels cannot be placed on the map",
+                f"assign the CRS it is in (gdal_edit.py -a_srs {points_crs} if it is the "
+                "dataset's)",
+            )
+        if src.crs != rasterio.crs.CRS.from_user_input(points_crs):
             fx, fy = Transformer.from_crs(points_crs, src.crs, always_xy=True).transform(x, y)
         else:
             fx, fy = x, y
@@ -77,7 +86,7 @@ def _file_values(
         out = np.full((idx.size, src.count, window_px * window_px), np.nan)
         if idx.size == 0:
             return idx, out
-        fill = nodata_in_dtype(nodata if nodata is not None else src.nodata, src.dtypes[0])
+        fill = raster_nodata(nodata, src, path, modality)
         keys = (np.clip(rows[idx], 0, None) // READ_BLOCK_PX) * (
             src.width // READ_BLOCK_PX + 1
         ) + np.clip(cols[idx], 0, None) // READ_BLOCK_PX
@@ -90,13 +99,11 @@ def _file_values(
             c0 = max(int(pc.min()) - half, 0)
             c1 = min(int(pc.max()) + half + 1, src.width)
             try:
-                block = src.read(window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float64)
+                block = read_masked(src, fill, window=Window(c0, r0, c1 - c0, r1 - r0))
             except rasterio.errors.RasterioError as exc:
                 raise DatasetError(
                     path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
                 ) from exc
-            if fill is not None and not np.isnan(fill):
-                block[block == fill] = np.nan
             k = 0
             for dr in range(-half, half + 1):
                 for dc in range(-half, half + 1):
@@ -154,7 +161,14 @@ def extract_point_features(
             if todo.size == 0:
                 break
             idx, vals = _file_values(
-                str(path), x[todo], y[todo], manifest.crs, window_px, spec.nodata, len(spec.bands)
+                str(path),
+                x[todo],
+                y[todo],
+                manifest.crs,
+                window_px,
+                spec.nodata,
+                len(spec.bands),
+                name,
             )
             if idx.size == 0:
                 continue

@@ -10,8 +10,9 @@ listed with what to check. The rules:
   the files'. **Categorical**: bands whose sampled values are all whole numbers with at most
   32 distinct values (not Sentinel-2 bands). **Scale**: Sentinel-2 stored as reflectance 0-1
   (98th percentile below 2) gets ``scale: 10000`` (L2A digital numbers).
-- **Grid**: the CRS and pixel size of the imagery (else of the finest raster); other
-  resolutions are declared per modality and resampled onto it.
+- **Grid**: the CRS and pixel size of the imagery (else of the raster with the finest pixels
+  on the ground: 0.001 degrees is not finer than 10 m); other resolutions are declared per
+  modality and resampled onto it.
 - **Points**: the vector file given, or the only one in the folder (``.gpkg``, ``.geojson``,
   ``.shp``, ``.csv`` / ``.parquet`` with x/y columns). The id column is a unique column named
   like an id (else any unique column). Labels are the text columns with 2-50 classes and the
@@ -37,6 +38,7 @@ import yaml
 
 from ..errors import MisoBenchError
 from .bands import SATLAS_S2_BANDS, canonical_s2_name
+from .manifest import read_masked
 
 __all__ = ["Draft", "draft_manifest", "polygons_to_points"]
 
@@ -68,6 +70,27 @@ class _Raster:
     res: tuple[float, float]
     descriptions: tuple[str | None, ...]
     nodata: float | None
+    #: The pixel's size on the ground in metres (geometric mean of its width and height at
+    #: the file's centre): resolutions in degrees, feet and metres compare on it.
+    pixel_m: float = math.nan
+
+
+def _pixel_metres(src: Any) -> float:
+    """Ground size in metres of the file's centre pixel (NaN without a CRS)."""
+    from pyproj import Geod, Transformer
+
+    if src.crs is None:
+        return math.nan
+    t = src.transform
+    c, r = src.width / 2, src.height / 2
+    pixels = ((c, r), (c + 1, r), (c, r + 1))  # the centre pixel's corner and its neighbours
+    corners = [(t.a * i + t.b * j + t.c, t.d * i + t.e * j + t.f) for i, j in pixels]
+    to_lonlat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform([p[0] for p in corners], [p[1] for p in corners])
+    geod = Geod(ellps="WGS84")
+    _, _, width = geod.inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, height = geod.inv(lon[0], lat[0], lon[2], lat[2])
+    return float(math.sqrt(abs(width * height)))
 
 
 def _scan(path: Path) -> _Raster:
@@ -82,14 +105,16 @@ def _scan(path: Path) -> _Raster:
             (abs(src.transform.a), abs(src.transform.e)),
             tuple(src.descriptions),
             src.nodata,
+            _pixel_metres(src),
         )
 
 
 def _sample(path: Path, band: int, nodata: float | None) -> np.ndarray:
     with rasterio.open(path) as src:
         f = max(1, math.ceil(max(src.width, src.height) / 256))
-        data = src.read(band, out_shape=(max(1, src.height // f), max(1, src.width // f)))
-    values: np.ndarray = data.astype(np.float64).ravel()
+        shape = (max(1, src.height // f), max(1, src.width // f))
+        data = read_masked(src, None, indexes=band, out_shape=shape)  # GDAL masks as NaN
+    values: np.ndarray = data.ravel()
     values = values[np.isfinite(values)]
     if nodata is not None and not math.isnan(nodata):
         values = values[values != nodata]
@@ -323,8 +348,9 @@ def draft_manifest(
             f"{name}: {len(members)} file(s) in {entry['folder']} ({glob}), {first.count} "
             f"band(s) {first.dtype}, no-data {first.nodata}, {first.crs.to_string()}"
         )
-    # The grid: the imagery's, else the finest raster's.
-    order = sorted(info, key=lambda n: (not info[n][1], info[n][0][0].res[0]))
+    # The grid: the imagery's, else the finest raster's (on the ground: degrees, feet and
+    # metres are not comparable numbers).
+    order = sorted(info, key=lambda n: (not info[n][1], info[n][0][0].pixel_m))
     ref = info[order[0]][0][0]
     crs = ref.crs.to_string()
     res = float(ref.res[0])

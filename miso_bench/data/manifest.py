@@ -31,7 +31,10 @@ __all__ = [
     "find_manifest",
     "load_manifest",
     "nodata_in_dtype",
+    "nodata_problem",
     "open_raster",
+    "raster_nodata",
+    "read_masked",
 ]
 
 #: File name of a dataset manifest inside a dataset folder.
@@ -288,16 +291,93 @@ class _Reader:
         return items
 
 
-def nodata_in_dtype(value: float | None, dtype: str) -> float | None:
-    """A no-data value as the file's dtype stores it (-3e38 in float32 is -3.0000000054977558e38).
+def nodata_problem(value: float | None, dtype: str) -> str | None:
+    """Why ``value`` cannot mark missing pixels of a ``dtype`` file, or None when it can.
 
-    Compare pixels with this value, never with the float64 number written in a manifest.
+    A value the dtype cannot hold would be cast to another one (-9999 in uint8 is 241), and
+    the pixels holding *that* real value would be read as missing; NaN never occurs in an
+    integer file, so declaring it masks nothing.
     """
     if value is None:
         return None
+    dt = np.dtype(dtype)
+    if np.isnan(value):
+        if np.issubdtype(dt, np.integer):
+            return f"NaN cannot occur in {dtype} pixels, so no pixel would be read as missing"
+        return None
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        if not np.isfinite(value) or value != np.floor(value):
+            return f"{value:g} is not a whole number, and {dtype} pixels hold whole numbers"
+        if not info.min <= value <= info.max:
+            return f"{value:g} is outside the {dtype} range {info.min}..{info.max}"
+        return None
+    with np.errstate(over="ignore"):
+        stored = np.asarray(value, dtype=np.float64).astype(dt)
+    if np.isfinite(value) and not np.isfinite(stored):
+        return f"{value:g} overflows {dtype} (it would be read as {float(stored):g})"
+    return None
+
+
+def nodata_in_dtype(
+    value: float | None,
+    dtype: str,
+    file: str | os.PathLike[str] = "(raster)",
+    field: str = "nodata",
+) -> float | None:
+    """A no-data value as the file's dtype stores it (-3e38 in float32 is -3.0000000054977558e38).
+
+    Compare pixels with this value, never with the float64 number written in a manifest.
+
+    Raises:
+        DatasetError: the dtype cannot hold the value (naming ``file`` and ``field``).
+    """
+    if value is None:
+        return None
+    problem = nodata_problem(value, dtype)
+    if problem is not None:
+        raise DatasetError(
+            file,
+            field,
+            f"no-data {problem}",
+            f"declare the value that marks missing pixels of this {dtype} file "
+            "(or leave `nodata` out to use the file's own)",
+        )
     if np.isnan(value):
         return float("nan")
     return float(np.asarray(value, dtype=np.float64).astype(dtype))
+
+
+def raster_nodata(
+    declared: float | None, src: Any, path: str | os.PathLike[str], modality: str
+) -> float | None:
+    """The no-data value of one open file, as its dtype stores it: the manifest's
+    (``modalities.<modality>.nodata``) when it declares one, else the file's own.
+
+    Raises:
+        DatasetError: the file's dtype cannot hold the value (naming the file and field).
+    """
+    if declared is not None:
+        return nodata_in_dtype(declared, src.dtypes[0], path, f"modalities.{modality}.nodata")
+    return nodata_in_dtype(src.nodata, src.dtypes[0], path, "(file) no-data")
+
+
+def read_masked(src: Any, nodata: float | None, **read_args: Any) -> np.ndarray:
+    """``src.read(**read_args)`` as float64 with NaN on every missing pixel: those holding
+    ``nodata`` (see :func:`raster_nodata`) and those the file's own GDAL mask marks invalid
+    (an internal or external mask band, or an alpha band). Files with neither read the same
+    as a plain read."""
+    import rasterio
+
+    data = src.read(**read_args).astype(np.float64)
+    if nodata is not None and not np.isnan(nodata):
+        data[data == nodata] = np.nan
+    flags = src.mask_flag_enums
+    masked = rasterio.enums.MaskFlags
+    if any(masked.per_dataset in f or masked.alpha in f for f in flags):
+        valid = src.read_masks(**read_args)
+        data[valid == 0] = np.nan
+    return data
 
 
 def open_raster(path: str | os.PathLike[str]) -> Any:
@@ -390,6 +470,14 @@ def load_manifest(path: str | Path) -> DatasetManifest:
         nodata = m.get("nodata")
         if nodata is not None:
             nodata = r.number(nodata, f"{fld}.nodata")
+            problem = nodata_problem(nodata, dtype)
+            if problem is not None:
+                raise r.fail(
+                    f"{fld}.nodata",
+                    f"no-data {problem} (`dtype: {dtype}`)",
+                    "declare the value that marks missing pixels in the files' dtype, or "
+                    "correct `dtype`",
+                )
         categorical = (
             r.str_list(m["categorical"], f"{fld}.categorical") if m.get("categorical") else ()
         )

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest, nodata_in_dtype
+from .manifest import DatasetManifest, raster_nodata, read_masked
 
 __all__ = ["BandStats", "Normalizer", "compute_band_stats"]
 
@@ -77,11 +77,12 @@ def _sample_band_values(
                         )
                     step = max(1, int(np.sqrt(src.width * src.height / max_pixels_per_file)))
                     shape = (src.count, max(1, src.height // step), max(1, src.width // step))
-                    data = src.read(
-                        out_shape=shape, resampling=rasterio.enums.Resampling.nearest
-                    ).astype(np.float64)
-                    nodata = nodata_in_dtype(
-                        spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
+                    nodata = raster_nodata(spec.nodata, src, path, name)
+                    data = read_masked(
+                        src,
+                        nodata,
+                        out_shape=shape,
+                        resampling=rasterio.enums.Resampling.nearest,
                     )
             except rasterio.errors.RasterioError as exc:
                 raise DatasetError(
@@ -92,10 +93,7 @@ def _sample_band_values(
                 ) from exc
             for j, band in enumerate(spec.bands):
                 v = data[j].ravel()
-                ok = ~np.isnan(v)
-                if nodata is not None and not np.isnan(nodata):
-                    ok &= v != nodata
-                values[band].append(v[ok])
+                values[band].append(v[~np.isnan(v)])
     return values
 
 

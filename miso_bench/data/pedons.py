@@ -86,6 +86,16 @@ def read_pedon_table(manifest: DatasetManifest) -> gpd.GeoDataFrame:
         )
     if gdf.crs is None:
         gdf = gdf.set_crs(spec.crs or manifest.crs)
+    elif spec.crs is not None and not gdf.crs.equals(spec.crs):
+        # The file stores its own CRS; a different one in the manifest is a contradiction,
+        # not an override (which of the two the coordinates are in is for the user to say).
+        raise DatasetError(
+            path,
+            "pedons.crs",
+            f"the manifest says {spec.crs}, the file stores its points in {gdf.crs.to_string()}",
+            "remove `crs` under `pedons:` (the file's own CRS is used), or rewrite the file "
+            "with the right CRS",
+        )
     if spec.id_column not in gdf.columns:
         raise DatasetError(
             path,

@@ -497,7 +497,7 @@ def sample_tiles(files: Sequence[Path], x: np.ndarray, y: np.ndarray, crs: str) 
         todo = np.flatnonzero(np.isnan(out).all(axis=1))
         if todo.size == 0:
             break
-        idx, vals = _file_values(str(path), x[todo], y[todo], crs, 1, None, n_bands)
+        idx, vals = _file_values(str(path), x[todo], y[todo], crs, 1, None, n_bands, "map")
         if idx.size:
             rows = todo[idx]
             current = out[rows]

@@ -317,7 +317,7 @@ class MisoModel(ChipModel):
         rank and every refit finds the same; a code never seen gets no channel)."""
         import rasterio
 
-        from ...data.manifest import nodata_in_dtype, open_raster
+        from ...data.manifest import open_raster, raster_nodata, read_masked
 
         out: dict[str, list[float]] = {}
         manifest = source.manifest
@@ -330,16 +330,14 @@ class MisoModel(ChipModel):
             for path in picked:
                 with rasterio.Env(), open_raster(path) as src:
                     f = max(1, int(np.ceil(max(src.width, src.height) / 512)))
-                    data = src.read(
-                        spec.bands.index(band) + 1,
+                    fill = raster_nodata(spec.nodata, src, path, spec.name)
+                    data = read_masked(
+                        src,
+                        fill,
+                        indexes=spec.bands.index(band) + 1,
                         out_shape=(max(1, src.height // f), max(1, src.width // f)),
-                    ).astype(np.float64)
-                    fill = nodata_in_dtype(
-                        spec.nodata if spec.nodata is not None else src.nodata, src.dtypes[0]
                     )
                 v = data[np.isfinite(data)]
-                if fill is not None and not np.isnan(fill):
-                    v = v[v != fill]
                 uniq, n = np.unique(v, return_counts=True)
                 for u, k in zip(uniq.tolist(), n.tolist(), strict=True):
                     counts[u] = counts.get(u, 0) + k
