@@ -21,7 +21,7 @@ from pyproj import Transformer
 
 from ..errors import DatasetError, ManifestError
 from .features import extract_point_features
-from .manifest import DatasetManifest, load_manifest, nodata_in_dtype
+from .manifest import DatasetManifest, load_manifest, nodata_in_dtype, same_crs
 from .pedons import PedonDataset, read_truth
 from .regions import RegionLayer
 
@@ -56,13 +56,6 @@ class Problem:
 def _examples(values: Sequence[Any], k: int = 5) -> str:
     shown = ", ".join(str(v) for v in list(values)[:k])
     return shown + (", ..." if len(values) > k else "")
-
-
-def _same_crs(a: Any, b: str) -> bool:
-    try:
-        return bool(PROJ_CRS.from_user_input(a) == PROJ_CRS.from_user_input(b))
-    except Exception:  # an unparsable CRS is a mismatch, reported by the caller
-        return False
 
 
 def _offset(value: float, res: float) -> float:
@@ -153,8 +146,8 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                         )
                     )
                     good = False
-                same_crs = src.crs is not None and _same_crs(src.crs, m.crs)
-                if src.crs is not None and not same_crs:
+                in_crs = src.crs is not None and same_crs(src.crs, m.crs)
+                if src.crs is not None and not in_crs:
                     # Supported: chips warp the file onto the grid, trees sample it at the
                     # points. Said, since warping resamples the file's values.
                     out.append(
@@ -171,7 +164,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                         )
                     )
                 rx, ry = abs(src.transform.a), abs(src.transform.e)
-                if same_crs and not (np.isclose(rx, spec.res_m) and np.isclose(ry, spec.res_m)):
+                if in_crs and not (np.isclose(rx, spec.res_m) and np.isclose(ry, spec.res_m)):
                     out.append(
                         Problem(
                             str(path),
@@ -209,7 +202,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                             f"set {fld}.nodata to {src.nodata:g} or rewrite the file",
                         )
                     )
-                if same_crs and np.isclose(rx, m.res_m):
+                if in_crs and np.isclose(rx, m.res_m):
                     origin = (_offset(src.transform.c, rx), _offset(src.transform.f, ry))
                     if reference is None:
                         reference = origin
@@ -315,7 +308,7 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
             with rasterio.open(path) as src:
                 b, file_crs = src.bounds, src.crs
             fx, fy = x, y
-            if not _same_crs(file_crs, m.crs):  # the points where the file's bounds are
+            if not same_crs(file_crs, m.crs):  # the points where the file's bounds are
                 fx, fy = Transformer.from_crs(m.crs, file_crs, always_xy=True).transform(x, y)
                 fx, fy = np.asarray(fx), np.asarray(fy)
             on_any |= (fx >= b.left) & (fx < b.right) & (fy > b.bottom) & (fy <= b.top)

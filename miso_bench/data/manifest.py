@@ -35,6 +35,7 @@ __all__ = [
     "open_raster",
     "raster_nodata",
     "read_masked",
+    "same_crs",
 ]
 
 #: File name of a dataset manifest inside a dataset folder.
@@ -289,6 +290,17 @@ class _Reader:
         if dupes:
             raise self.fail(fld, f"duplicate entries {dupes}", "list each entry once")
         return items
+
+
+def same_crs(a: Any, b: Any) -> bool:
+    """Whether two CRSs (any spelling: ``EPSG:3338``, ``epsg:3338``, WKT, a rasterio or pyproj
+    CRS) are the same; an unparsable one is not the same as anything."""
+    from pyproj import CRS
+
+    try:
+        return bool(CRS.from_user_input(a) == CRS.from_user_input(b))
+    except Exception:  # pyproj raises several types for text it cannot read
+        return False
 
 
 def nodata_problem(value: float | None, dtype: str) -> str | None:

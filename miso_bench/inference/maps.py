@@ -38,7 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.features import SPECTRAL_INDICES, feature_table, window_feature_table
+from ..data.features import (
+    SPECTRAL_INDICES,
+    extract_point_features,
+    feature_table,
+    window_feature_table,
+)
 from ..data.manifest import DatasetManifest, load_manifest
 from ..errors import MisoBenchError
 from ..evaluation.metrics import classification_metrics
@@ -135,12 +140,47 @@ class MapModel:
                     cols |= {a, b}
             used = [b for b in names if b in cols]
         self.band_idx = [names.index(b) for b in used]
+        self.used = used
         # Trees read the grid's windows when every file is on the grid (the fast path, equal
         # to the point features at pixel centres); otherwise they sample like the points do.
         self.all_aligned = all(f.aligned for files in source._files for f in files)
+        self._sampled: tuple[tuple[int, int, int, int], pd.DataFrame] | None = None
+
+    def _centres(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        g = self.source.grid
+        xs = g.x0 + (c0 + np.arange(w) + 0.5) * g.res
+        ys = g.y0 - (r0 + np.arange(h) + 0.5) * g.res
+        return xs, ys
+
+    def _point_features(self, r0: int, c0: int, h: int, w: int) -> pd.DataFrame:
+        """The point path's features at the block's pixel centres (trees with files off the
+        grid), sampled once for the block's mask and its prediction."""
+        key = (r0, c0, h, w)
+        if self._sampled is None or self._sampled[0] != key:
+            xs, ys = self._centres(r0, c0, h, w)
+            gx, gy = np.meshgrid(xs, ys)
+            frame = feature_table(
+                self.source.manifest,
+                gx.ravel(),
+                gy.ravel(),
+                window_px=int(self.record["window_px"]),
+            )
+            self._sampled = (key, frame)
+        return self._sampled[1]
 
     def mask(self, r0: int, c0: int, h: int, w: int) -> np.ndarray:
         """``(h, w)`` True where the model maps (every band it reads is valid there)."""
+        if self.kind != "chips" and not self.all_aligned and self.used:
+            # Validity from the samples the features come from: GDAL's warp (the chip
+            # source) approximates the transform and can disagree at a file's no-data edge.
+            if int(self.record["window_px"]) == 1:
+                centre = self._point_features(r0, c0, h, w)[self.used]
+            else:
+                xs, ys = self._centres(r0, c0, h, w)
+                gx, gy = np.meshgrid(xs, ys)
+                centre = extract_point_features(self.source.manifest, gx.ravel(), gy.ravel())
+                centre = centre[self.used]
+            return centre.notna().all(axis=1).to_numpy().reshape(h, w)
         raw = self.source.raw_window(r0, c0, h, w)
         if self.band_idx:
             return bool_all(~np.isnan(raw[self.band_idx]))
@@ -157,9 +197,7 @@ class MapModel:
             return probs, emb.reshape(emb.shape[0], -1).T
         window = int(self.record["window_px"])
         k = window // 2
-        g = self.source.grid
-        xs = g.x0 + (c0 + np.arange(w) + 0.5) * g.res
-        ys = g.y0 - (r0 + np.arange(h) + 0.5) * g.res
+        xs, ys = self._centres(r0, c0, h, w)
         if self.all_aligned:
             raw = self.source.raw_window(r0 - k, c0 - k, h + 2 * k, w + 2 * k)
             frame = window_feature_table(
@@ -168,10 +206,7 @@ class MapModel:
         else:
             # Files off the grid (another CRS or resolution) are sampled at each pixel centre
             # exactly as the training features were (not warped): the point path itself.
-            gx, gy = np.meshgrid(xs, ys)
-            frame = feature_table(self.source.manifest, gx.ravel(), gy.ravel(), window_px=window)[
-                self.record["feature_columns"]
-            ]
+            frame = self._point_features(r0, c0, h, w)[self.record["feature_columns"]]
         parts = [
             self.predictor.model.predict_proba(frame.iloc[s : s + TREE_CHUNK])
             for s in range(0, len(frame), TREE_CHUNK)

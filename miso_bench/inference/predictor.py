@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..data.cache import cache_dir
 from ..data.features import feature_table
-from ..data.manifest import DatasetManifest, load_manifest
+from ..data.manifest import DatasetManifest, load_manifest, same_crs
 from ..errors import MisoBenchError
 from ..models import load_fitted
 from ..tracking import find_model_run
@@ -64,7 +64,7 @@ class Predictor:
 
     def _manifest(self, data: str | Path | DatasetManifest) -> DatasetManifest:
         manifest = data if isinstance(data, DatasetManifest) else load_manifest(data)
-        if manifest.crs != self.crs:
+        if not same_crs(manifest.crs, self.crs):
             raise MisoBenchError(
                 f"{manifest.path}: the model was trained on data in {self.crs}, this dataset "
                 f"is in {manifest.crs} (fix: give a dataset in {self.crs})"

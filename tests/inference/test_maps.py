@@ -567,3 +567,103 @@ def test_the_mapped_dataset_must_list_the_models_classes_in_order(tiny_dir, rf_r
     edit_manifest(data, swap)
     with pytest.raises(MisoBenchError, match="the model predicts"):
         _map(rf_run, tmp_path / "m", env, data=data, log=False)
+
+
+def test_tree_map_mask_follows_the_features_at_a_geographic_files_edge(env, tmp_path):
+    """A modality in longitude/latitude on a metric grid: the map's mask came from GDAL's warp
+    (an approximate transform) while the features are sampled at pixel centres, so pixels
+    right at the file's no-data edge were mapped from a missing band (or left unmapped
+    where it was valid). Mapped pixels are now exactly those whose features are complete."""
+    import yaml
+    from pyproj import Transformer
+
+    from miso_bench import load_model
+
+    root = tmp_path / "geo_edge"
+    cx, cy = Transformer.from_crs("EPSG:4326", "EPSG:3338", always_xy=True).transform(-147.7, 64.85)
+    x0, y0 = np.floor(cx / 10) * 10 - 8000, np.floor(cy / 10) * 10 + 8000
+    rng = np.random.default_rng(5)
+
+    def write(path: Path, data: np.ndarray, crs: str, transform: rasterio.Affine) -> None:
+        path.parent.mkdir(parents=True)
+        with rasterio.open(
+            path, "w", driver="GTiff", count=1, height=data.shape[0], width=data.shape[1],
+            dtype="float32", crs=crs, transform=transform, nodata=-9999,
+        ) as dst:  # fmt: skip
+            dst.write(data[None])
+
+    write(
+        root / "g" / "g.tif",
+        rng.normal(size=(1600, 1600)).astype(np.float32),
+        "EPSG:3338",
+        rasterio.transform.from_origin(x0, y0, 10, 10),
+    )
+    u = rng.normal(size=(500, 500)).astype(np.float32)
+    u[166:250, 166:250] = -9999  # a no-data hole inside the file as well as its edges
+    res = 0.0004
+    write(
+        root / "u" / "u.tif",
+        u,
+        "EPSG:4326",
+        rasterio.transform.from_origin(-147.7 - 250 * res, 64.85 + 250 * res / 2.3, res, res / 2.3),
+    )
+    manifest = {
+        "name": "geo_edge",
+        "crs": "EPSG:3338",
+        "res_m": 10.0,
+        "modalities": {
+            "g": {"folder": "g", "bands": ["gv"], "nodata": -9999},
+            "u": {"folder": "u", "bands": ["uv"], "nodata": -9999, "res_m": 20.0},
+        },
+        "pedons": {
+            "file": "pedons.csv",
+            "id_column": "id",
+            "x_column": "x",
+            "y_column": "y",
+            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
+        },
+    }
+    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    n = 200
+    pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": x0 + rng.uniform(8000, 14000, n),
+            "y": y0 - rng.uniform(3000, 10000, n),
+            "lab": rng.integers(0, 2, n),
+        }
+    ).to_csv(root / "pedons.csv", index=False)
+    run = _run(
+        root,
+        env,
+        **{"model.name": "rf", "task": "lab", "cv.name": "random", "model.params.n_estimators": 20},
+    )
+    bbox = (x0 + 9900, y0 - 3300, x0 + 12400, y0 - 2700)  # across the file's northern edge
+    result = _map(run, tmp_path / "m", env, bbox=bbox, all_tiles=False, log=False, quicklooks=False)
+    with rasterio.open(tmp_path / "m" / f"{result.tiles[0]}.stats.tif") as src:
+        p_pos = src.read(1)
+        rows, cols = np.meshgrid(np.arange(src.height), np.arange(src.width), indexing="ij")
+        x, y = rasterio.transform.xy(src.transform, rows.ravel(), cols.ravel())
+    x, y = np.asarray(x), np.asarray(y)
+    mapped = np.isfinite(p_pos.ravel())
+    complete = feature_table(load_manifest(root), x, y)[["gv", "uv"]].notna().all(axis=1)
+    assert 0.3 < mapped.mean() < 0.95  # the box holds both sides of the edge
+    np.testing.assert_array_equal(mapped, complete.to_numpy())
+    proba = load_model(run, tracking_uri=env["uri"]).predict_points(root, x[mapped], y[mapped])
+    np.testing.assert_allclose(p_pos.ravel()[mapped], proba[:, 1], atol=1e-6)
+
+
+def test_the_same_crs_in_another_spelling_is_the_same(rf_run, env, tiny_copy):
+    """`crs: epsg:3338` (or a WKT) is the model's EPSG:3338: it was refused as another CRS."""
+    from miso_bench import load_model
+    from tests.helpers import edit_manifest
+
+    model = load_model(rf_run, tracking_uri=env["uri"])
+    points = pd.read_parquet(tiny_copy / "truth.parquet").head(5)
+    x, y = points["x"].to_numpy(), points["y"].to_numpy()
+    reference = model.predict_points(tiny_copy, x, y)
+    edit_manifest(tiny_copy, lambda d: d.update(crs="epsg:3338"))
+    np.testing.assert_array_equal(model.predict_points(tiny_copy, x, y), reference)
+    edit_manifest(tiny_copy, lambda d: d.update(crs="EPSG:32606"))
+    with pytest.raises(MisoBenchError, match="the model was trained on data in EPSG:3338"):
+        model.predict_points(tiny_copy, x, y)
