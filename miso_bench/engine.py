@@ -33,7 +33,7 @@ from .config import default_dataset_dir
 from .cv import inner_validation_split
 from .data.cache import cached_band_stats, cached_feature_table, dataset_fingerprint
 from .data.features import feature_groups, resolve_feature_columns
-from .data.manifest import DatasetManifest, load_manifest
+from .data.manifest import DatasetManifest, load_manifest, normalise_label
 from .data.pedons import PedonDataset, read_truth
 from .data.regions import load_regions
 from .errors import MisoBenchError
@@ -229,10 +229,14 @@ def build_inputs(
         say("reading the truth sample")
         raw = read_truth(manifest)
         if raw is not None and task.label in raw.columns:
-            lookup = {c: i for i, c in enumerate(task.classes)}
-            raw = raw[raw[task.label].map(lambda v: v in lookup)].reset_index(drop=True)
+            lookup = {normalise_label(c): i for i, c in enumerate(task.classes)}
+            values = [normalise_label(v) for v in raw[task.label].tolist()]
+            keep = np.array([v in lookup for v in values], dtype=bool)
+            raw = raw[keep].reset_index(drop=True)
             ttable = pd.DataFrame({"x": raw["x"].to_numpy(), "y": raw["y"].to_numpy()})
-            ttable["target"] = raw[task.label].map(lookup).astype(np.int64).to_numpy()
+            ttable["target"] = np.array(
+                [lookup[v] for v, k in zip(values, keep, strict=True) if k], dtype=np.int64
+            )
             tx, ty = ttable["x"].to_numpy(), ttable["y"].to_numpy()
             tfeats = cached_feature_table(manifest, fingerprint, tx, ty, window)
             truth = TruthSample(
@@ -599,7 +603,10 @@ def identity_tags(config: Mapping[str, Any], inputs: RunInputs) -> dict[str, str
         **hardware_tags(),
     }
     if inputs.task.kind == "binary":
-        tags["positive_class"] = str(inputs.task.positive_class)
+        task = inputs.task
+        # The class's name as the prediction columns spell it (p/<name>), not str() of the
+        # registered value (1 for pf1m, whose classes may read 1.0 or True).
+        tags["positive_class"] = task.class_names[task.positive_index]
     return tags
 
 

@@ -38,7 +38,7 @@ import yaml
 
 from ..errors import MisoBenchError
 from .bands import SATLAS_S2_BANDS, canonical_s2_name
-from .manifest import read_masked
+from .manifest import RESERVED_LABEL_NAMES, normalise_label, read_masked
 
 __all__ = ["Draft", "draft_manifest", "polygons_to_points"]
 
@@ -205,6 +205,9 @@ def _label_columns(frame: Any, skip: set[str]) -> dict[str, list[Any]]:
         if col in skip or col == "geometry":
             continue
         values = frame[col].dropna()
+        if values.dtype.kind in "OUS":  # text: missing markers ("-", "NA") are not classes
+            values = values[[normalise_label(v) is not None for v in values.tolist()]]
+            values = values.map(lambda v: v.strip() if isinstance(v, str) else v)
         if len(values) < 10:
             continue
         unique = pd.unique(values)
@@ -470,10 +473,17 @@ def draft_manifest(
             f"{pfile}: no label column found (text columns with 2-{MAX_CLASSES} classes, or "
             "0/1 columns) (fix: add one, or write the manifest's `labels` by hand)"
         )
-    pedons["labels"] = {k: {"column": k, "classes": v} for k, v in labels.items()}
-    for k, classes in labels.items():
+    named = {(f"{k}_label" if k in RESERVED_LABEL_NAMES else k): k for k in labels}
+    pedons["labels"] = {n: {"column": k, "classes": labels[k]} for n, k in named.items()}
+    for n, k in named.items():
+        classes = labels[k]
         shown = ", ".join(map(str, classes[:8])) + (" ..." if len(classes) > 8 else "")
-        draft.guesses.append(f"label {k}: {len(classes)} classes ({shown})")
+        draft.guesses.append(f"label {n}: {len(classes)} classes ({shown})")
+        if len(classes) == 2:
+            draft.checks.append(
+                f"label {n}: binary, scored on its second class {classes[1]!r} (F1, "
+                f"p/{classes[1]}): swap the two classes if {classes[0]!r} is the one to score"
+            )
     draft.checks.append(
         "labels: remove columns that are not targets, and classes you do not want predicted"
     )

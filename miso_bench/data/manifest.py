@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from ..errors import DatasetError, ManifestError
 
 __all__ = [
     "MANIFEST_NAME",
+    "MISSING_LABELS",
+    "RESERVED_LABEL_NAMES",
     "DatasetManifest",
     "LabelSpec",
     "ModalitySpec",
@@ -32,6 +35,7 @@ __all__ = [
     "load_manifest",
     "nodata_in_dtype",
     "nodata_problem",
+    "normalise_label",
     "open_raster",
     "raster_nodata",
     "read_masked",
@@ -292,6 +296,48 @@ class _Reader:
         return items
 
 
+#: Text that marks a missing label in files that store labels as text (a GeoPackage text
+#: column, a CSV read without pandas' own missing-value markers): counted as missing, never a
+#: class.
+MISSING_LABELS = frozenset(
+    {"", "-", "--", "?", "na", "n/a", "nan", "null", "none", "#n/a", "<na>", "missing"}
+)
+#: Columns of the pedon table itself: a label may not take these names.
+RESERVED_LABEL_NAMES = frozenset({"id", "x", "y", "geometry", "target"})
+
+
+def normalise_label(value: Any) -> Any:
+    """A label or class value in one comparable form: whole floats as integers (1.0 -> 1),
+    numbers stored as text as numbers ("1" -> 1, so a text column matches classes [0, 1]),
+    text stripped (" Gelisols" -> "Gelisols"), missing markers (NaN, "", "NA", "-") as None.
+    Manifest classes and file values both pass through it."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return None
+        return int(value) if float(value).is_integer() else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.lower() in MISSING_LABELS:
+            return None
+        try:
+            number = float(stripped)
+        except ValueError:
+            return stripped
+        if not np.isfinite(number):
+            return stripped
+        # Only plain decimal numbers: "1e3" or "0x1" stay text (class codes, not numbers).
+        if stripped.lstrip("+-").replace(".", "", 1).isdigit():
+            return int(number) if number.is_integer() else number
+        return stripped
+    return value
+
+
 def same_crs(a: Any, b: Any) -> bool:
     """Whether two CRSs (any spelling: ``EPSG:3338``, ``epsg:3338``, WKT, a rasterio or pyproj
     CRS) are the same; an unparsable one is not the same as anything."""
@@ -534,6 +580,30 @@ def load_manifest(path: str | Path) -> DatasetManifest:
                 "expected a list of at least two classes",
                 "list every class value, e.g. [0, 1]",
             )
+        if str(lname) in RESERVED_LABEL_NAMES:
+            raise r.fail(
+                fld,
+                f"the label name `{lname}` is a column of the pedon table itself "
+                f"({', '.join(sorted(RESERVED_LABEL_NAMES))})",
+                f"rename the label (the key under `labels:`, e.g. `{lname}_label`); its "
+                "`column` may keep its name",
+            )
+        seen: dict[Any, Any] = {}
+        for c in classes:
+            key = normalise_label(c)
+            if key is None:
+                raise r.fail(
+                    f"{fld}.classes",
+                    f"class {c!r} reads as a missing value",
+                    "list only real class values (missing labels are dropped and counted)",
+                )
+            if key in seen:
+                raise r.fail(
+                    f"{fld}.classes",
+                    f"classes {seen[key]!r} and {c!r} are the same value",
+                    "list each class once",
+                )
+            seen[key] = c
         labels[str(lname)] = LabelSpec(
             str(lname), r.string(lab["column"], f"{fld}.column"), tuple(classes)
         )

@@ -14,7 +14,7 @@ import torch
 from torchgeo.datasets import GeoDataset
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest, LabelSpec
+from .manifest import DatasetManifest, LabelSpec, normalise_label
 
 __all__ = ["LabelFilterReport", "PedonDataset", "pedon_xy", "read_pedon_table", "read_truth"]
 
@@ -128,24 +128,6 @@ def pedon_xy(gdf: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float64), y.astype(np.float64)
 
 
-def _normalise_label(value: Any) -> Any:
-    """Make file values comparable with manifest classes (1.0 -> 1, ' Gelisols' -> 'Gelisols')."""
-    if value is None or value is pd.NA:
-        return None
-    if isinstance(value, float | np.floating):
-        if np.isnan(value):
-            return None
-        if float(value).is_integer():
-            return int(value)
-        return float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, str):
-        stripped = value.strip()
-        return stripped or None
-    return value
-
-
 @dataclass(frozen=True)
 class LabelFilterReport:
     """What task-aware filtering kept and dropped.
@@ -204,7 +186,7 @@ class PedonDataset(GeoDataset):
         x, y = pedon_xy(raw)
         frame = pd.DataFrame({"id": raw[spec.id_column].to_numpy(), "x": x, "y": y})
         for lab in spec.labels.values():
-            frame[lab.name] = [_normalise_label(v) for v in raw[lab.column].tolist()]
+            frame[lab.name] = [normalise_label(v) for v in raw[lab.column].tolist()]
         self.table = gpd.GeoDataFrame(
             frame, geometry=gpd.points_from_xy(frame["x"], frame["y"]), crs=manifest.crs
         )
@@ -259,7 +241,7 @@ class PedonDataset(GeoDataset):
         Missing values and values outside the manifest's class list are dropped and counted.
         """
         spec = self.label_spec(label)
-        classes = [_normalise_label(c) for c in spec.classes]
+        classes = [normalise_label(c) for c in spec.classes]
         lookup = {c: i for i, c in enumerate(classes)}
         values = self.table[label]
         missing = values.isna().to_numpy()
@@ -268,7 +250,8 @@ class PedonDataset(GeoDataset):
         unknown_values = values[unknown].value_counts().to_dict()
         located = (np.isfinite(self.table["x"]) & np.isfinite(self.table["y"])).to_numpy()
         kept = self.table.loc[known & located].copy()
-        kept["target"] = kept[label].map(lookup).astype(np.int64)
+        # Dict lookups (not Series.map) so that True matches class 1 exactly as `in` did.
+        kept["target"] = np.array([lookup[v] for v in kept[label]], dtype=np.int64)
         counts = np.bincount(kept["target"].to_numpy(), minlength=len(classes))
         report = LabelFilterReport(
             label=label,

@@ -178,7 +178,7 @@ def classification_metrics(
     k = task.n_classes
     if proba.shape != (len(y_true), k):
         raise ValueError(f"proba must have shape ({len(y_true)}, {k}), got {proba.shape}")
-    pos = task.classes.index(task.positive_class) if task.kind == "binary" else None
+    pos = task.positive_index if task.kind == "binary" else None
     if pos is not None:
         y_pred = np.where(proba[:, pos] >= threshold, pos, 1 - pos)
     else:

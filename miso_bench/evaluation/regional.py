@@ -117,7 +117,7 @@ def _rows(
     rng: np.random.Generator,
 ) -> list[dict]:
     metrics = classification_metrics(y, proba, task)
-    pos = task.classes.index(task.positive_class) if task.kind == "binary" else None
+    pos = task.positive_index if task.kind == "binary" else None
     y_pred = hard_labels(proba, task)
     cis = bootstrap_ci(y, y_pred, blocks, task.n_classes, pos, n_boot, ci, rng)
     rows = []

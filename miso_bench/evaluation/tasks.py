@@ -44,6 +44,11 @@ class Task:
         return len(self.classes)
 
     @property
+    def positive_index(self) -> int:
+        """Index of the positive class in ``classes`` (binary tasks)."""
+        return self.classes.index(self.positive_class)
+
+    @property
     def class_names(self) -> list[str]:
         """Class values as strings (for metric keys and plots)."""
         return [str(c) for c in self.classes]
@@ -74,9 +79,20 @@ def resolve_task(name: str, manifest_labels: dict[str, tuple[Any, ...]]) -> Task
                 f"task {name!r} needs the label {task.label!r}, which the dataset does not "
                 f"have (its labels: {', '.join(sorted(manifest_labels))})"
             )
-        return replace(task, classes=tuple(manifest_labels[task.label]))
+        classes = tuple(manifest_labels[task.label])
+        if task.kind == "binary" and (len(classes) != 2 or task.positive_class not in classes):
+            from ..errors import MisoBenchError
+
+            raise MisoBenchError(
+                f"task {name!r} is binary with positive class {task.positive_class!r}, but the "
+                f"dataset's label {task.label!r} lists classes {list(classes)} (fix: recode the "
+                f"label to two classes [0, 1] with {task.positive_class!r} for the class its "
+                "F1 should score, in the file and under `classes:`)"
+            )
+        return replace(task, classes=classes)
     if name in manifest_labels:
         classes = tuple(manifest_labels[name])
+        # Two classes: binary, scoring the second class listed (its F1, `p/<class>`).
         if len(classes) == 2:
             return Task(
                 name, name, "binary", "bce", "f1_pos", positive_class=classes[1], classes=classes
