@@ -10,6 +10,7 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -139,3 +140,35 @@ def split_tiles_copy(src: Path, dst: Path, overlap_px: int = 0) -> Path:
         spec["glob"] = "*.tif"
     (dst / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return dst
+
+
+def write_point_dataset(
+    root: Path,
+    modalities: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: np.ndarray | None = None,
+    name: str = "delivery",
+) -> Path:
+    """A manifest (EPSG:3338, 10 m) over ``modalities`` and a CSV of pedons at ``(x, y)`` with
+    a binary label ``lab`` (alternating 0/1 unless ``labels`` are given)."""
+    manifest = {
+        "name": name,
+        "crs": "EPSG:3338",
+        "res_m": 10.0,
+        "modalities": modalities,
+        "pedons": {
+            "file": "pedons.csv",
+            "id_column": "id",
+            "x_column": "x",
+            "y_column": "y",
+            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
+        },
+    }
+    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    n = len(x)
+    lab = np.arange(n) % 2 if labels is None else labels
+    pd.DataFrame({"id": np.arange(n), "x": x, "y": y, "lab": lab}).to_csv(
+        root / "pedons.csv", index=False
+    )
+    return root

@@ -3,11 +3,9 @@ without a CRS, files in another CRS, grids in degrees. Each case once gave wrong
 without an error (or a traceback) and is pinned here."""
 
 from pathlib import Path
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import pytest
 import rasterio
 import yaml
@@ -21,6 +19,7 @@ from miso_bench.data.init import draft_manifest
 from miso_bench.data.manifest import load_manifest, nodata_in_dtype
 from miso_bench.data.normalization import compute_band_stats
 from miso_bench.errors import DatasetError, ManifestError
+from tests.helpers import write_point_dataset
 
 X0, Y0 = 100_000.0, 100_080.0  # top-left corner of every raster here (EPSG:3338 metres)
 
@@ -58,28 +57,6 @@ def write_tif(
             dst.write_mask(mask)
 
 
-def write_dataset(root: Path, modalities: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Path:
-    manifest = {
-        "name": "delivery",
-        "crs": "EPSG:3338",
-        "res_m": 10.0,
-        "modalities": modalities,
-        "pedons": {
-            "file": "pedons.csv",
-            "id_column": "id",
-            "x_column": "x",
-            "y_column": "y",
-            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
-        },
-    }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    n = len(x)
-    pd.DataFrame({"id": np.arange(n), "x": x, "y": y, "lab": np.arange(n) % 2}).to_csv(
-        root / "pedons.csv", index=False
-    )
-    return root
-
-
 # Pixel centres of row 3 of an 8 x 8 raster at 10 m: columns 0, 3, 4 and 7.
 PX = X0 + np.array([5.0, 35.0, 45.0, 75.0])
 PY = np.full(4, Y0 - 35.0)
@@ -108,7 +85,7 @@ def test_nodata_the_dtype_cannot_hold_is_an_error(value: float, dtype: str, says
 
 def test_manifest_refuses_nodata_outside_its_dtype(tmp_path: Path) -> None:
     write_tif(tmp_path / "lc" / "a.tif", np.full((8, 8), 1, np.uint8))
-    write_dataset(
+    write_point_dataset(
         tmp_path,
         {"lc": {"folder": "lc", "bands": ["lc"], "dtype": "uint8", "nodata": -9999}},
         PX,
@@ -124,7 +101,9 @@ def test_nodata_outside_the_files_dtype_is_an_error_not_a_masked_class(tmp_path:
     codes = np.full((8, 8), 241, np.uint8)
     path = tmp_path / "lc" / "a.tif"
     write_tif(path, codes)
-    write_dataset(tmp_path, {"lc": {"folder": "lc", "bands": ["lc"], "nodata": -9999}}, PX, PY)
+    write_point_dataset(
+        tmp_path, {"lc": {"folder": "lc", "bands": ["lc"], "nodata": -9999}}, PX, PY
+    )
     m = load_manifest(tmp_path)
     with pytest.raises(DatasetError, match="outside the uint8 range") as err:
         extract_point_features(m, PX, PY)
@@ -145,7 +124,7 @@ def test_gdal_mask_marks_missing_pixels_for_trees_chips_and_stats(tmp_path: Path
     mask = np.full((8, 8), 255, np.uint8)
     mask[:, 4:] = 0
     write_tif(tmp_path / "r" / "a.tif", data, mask=mask)
-    write_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
+    write_point_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
     m = load_manifest(tmp_path)
     assert np.isnan(extract_point_features(m, PX, PY)["v"].to_numpy()[2:]).all()
     assert extract_point_features(m, PX, PY)["v"].to_numpy()[:2].tolist() == [5.0, 5.0]
@@ -161,7 +140,7 @@ def test_gdal_mask_marks_missing_pixels_for_trees_chips_and_stats(tmp_path: Path
 def test_file_without_crs_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "r" / "a.tif"
     write_tif(path, np.full((8, 8), 5.0, np.float32), crs=None)
-    write_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
+    write_point_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
     m = load_manifest(tmp_path)
     for read in (lambda: extract_point_features(m, PX, PY), lambda: ChipSource(m)):
         with pytest.raises(DatasetError, match="file has no CRS") as err:
@@ -188,7 +167,7 @@ def test_file_in_another_crs_passes_check_with_a_note(tmp_path: Path) -> None:
         y0=float(np.ceil(uy)),
         nodata=-9999,
     )
-    write_dataset(
+    write_point_dataset(
         tmp_path,
         {
             "g": {"folder": "g", "bands": ["gv"], "nodata": -9999},
@@ -245,7 +224,7 @@ def test_init_picks_the_finest_grid_on_the_ground(tmp_path: Path) -> None:
 def test_pedons_crs_contradicting_the_files_own_is_an_error(tmp_path: Path) -> None:
     """A GeoPackage stores its CRS; a different `pedons.crs` was silently ignored."""
     write_tif(tmp_path / "r" / "a.tif", np.full((8, 8), 5.0, np.float32))
-    write_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
+    write_point_dataset(tmp_path, {"r": {"folder": "r", "bands": ["v"]}}, PX, PY)
     gpd.GeoDataFrame(
         {"id": [0, 1], "lab": [0, 1]}, geometry=gpd.points_from_xy(PX[:2], PY[:2]), crs="EPSG:3338"
     ).to_file(tmp_path / "pedons.gpkg")

@@ -23,7 +23,7 @@ from miso_bench.inference.aoa import AOAReference
 from miso_bench.inference.maps import dataset_tiles, predict_map
 from miso_bench.models.miso.tiling import blend_weights, lattice_range
 from miso_bench.runner import run_benchmark
-from tests.helpers import split_tiles_copy
+from tests.helpers import split_tiles_copy, write_point_dataset
 
 
 @pytest.fixture(scope="module")
@@ -574,7 +574,6 @@ def test_tree_map_mask_follows_the_features_at_a_geographic_files_edge(env, tmp_
     (an approximate transform) while the features are sampled at pixel centres, so pixels
     right at the file's no-data edge were mapped from a missing band (or left unmapped
     where it was valid). Mapped pixels are now exactly those whose features are complete."""
-    import yaml
     from pyproj import Transformer
 
     from miso_bench import load_model
@@ -607,32 +606,18 @@ def test_tree_map_mask_follows_the_features_at_a_geographic_files_edge(env, tmp_
         "EPSG:4326",
         rasterio.transform.from_origin(-147.7 - 250 * res, 64.85 + 250 * res / 2.3, res, res / 2.3),
     )
-    manifest = {
-        "name": "geo_edge",
-        "crs": "EPSG:3338",
-        "res_m": 10.0,
-        "modalities": {
+    n = 200
+    write_point_dataset(
+        root,
+        {
             "g": {"folder": "g", "bands": ["gv"], "nodata": -9999},
             "u": {"folder": "u", "bands": ["uv"], "nodata": -9999, "res_m": 20.0},
         },
-        "pedons": {
-            "file": "pedons.csv",
-            "id_column": "id",
-            "x_column": "x",
-            "y_column": "y",
-            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
-        },
-    }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    n = 200
-    pd.DataFrame(
-        {
-            "id": np.arange(n),
-            "x": x0 + rng.uniform(8000, 14000, n),
-            "y": y0 - rng.uniform(3000, 10000, n),
-            "lab": rng.integers(0, 2, n),
-        }
-    ).to_csv(root / "pedons.csv", index=False)
+        x0 + rng.uniform(8000, 14000, n),
+        y0 - rng.uniform(3000, 10000, n),
+        labels=rng.integers(0, 2, n),
+        name="geo_edge",
+    )
     run = _run(
         root,
         env,
