@@ -264,9 +264,16 @@ def _tuned_params(spec: str, storage: str | None) -> dict:
     from .search.space import nested
 
     if spec.startswith("best:"):
-        from .search import best_params
+        from .search import best_params, tuned_on
 
-        return nested(best_params(spec.removeprefix("best:"), storage))
+        study = spec.removeprefix("best:")
+        layer = nested(best_params(study, storage))
+        # Where the parameters come from: the run warns if it cross-validates on the pedons
+        # they were tuned on (runner._check_tuned_on).
+        source = {"params_source": spec}
+        source.update({f"params_tuned_on.{k}": v for k, v in tuned_on(study, storage).items()})
+        layer.setdefault("tracking", {}).setdefault("tags", {}).update(source)
+        return layer
     path = Path(spec)
     if not path.is_file():
         raise MisoBenchError(

@@ -33,10 +33,10 @@ from .config import default_dataset_dir
 from .cv import inner_validation_split
 from .data.cache import cached_band_stats, cached_feature_table, dataset_fingerprint
 from .data.features import feature_groups, resolve_feature_columns
-from .data.manifest import DatasetManifest, load_manifest, normalise_label
-from .data.pedons import PedonDataset, read_truth
+from .data.manifest import DatasetManifest, load_manifest
+from .data.pedons import PedonDataset, read_truth, truth_targets
 from .data.regions import load_regions
-from .errors import MisoBenchError
+from .errors import MisoBenchError, warn
 from .evaluation.metrics import classification_metrics
 from .evaluation.regional import RegionalResult, evaluate_by_region
 from .evaluation.tasks import Task, resolve_task
@@ -163,10 +163,20 @@ def _selection(config: Mapping[str, Any], manifest: DatasetManifest) -> list[str
     if selection:
         return list(selection)
     # The model's default inputs; a dataset without those groups (another band set) uses
-    # all its modalities instead (set model.features to choose).
+    # all its modalities instead, and says so (set model.features to choose).
     available = set(feature_groups(manifest))
     defaults = list(entry.features)
-    return defaults if defaults and set(defaults) <= available else list(manifest.modalities)
+    if not defaults or set(defaults) <= available:
+        return defaults or list(manifest.modalities)
+    missing = [g for g in defaults if g not in available]
+    everything = list(manifest.modalities)
+    warn(
+        "default_features_unavailable",
+        f"the dataset lacks {', '.join(missing)} of {entry.name}'s default input groups "
+        f"({', '.join(defaults)}), so it uses every modality: {', '.join(everything)} (fix: "
+        "set model.features, e.g. --set 'model.features=[...]', to choose)",
+    )
+    return everything
 
 
 def build_inputs(
@@ -229,14 +239,9 @@ def build_inputs(
         say("reading the truth sample")
         raw = read_truth(manifest)
         if raw is not None and task.label in raw.columns:
-            lookup = {normalise_label(c): i for i, c in enumerate(task.classes)}
-            values = [normalise_label(v) for v in raw[task.label].tolist()]
-            keep = np.array([v in lookup for v in values], dtype=bool)
-            raw = raw[keep].reset_index(drop=True)
+            raw, target = truth_targets(raw, task.label, task.classes)
             ttable = pd.DataFrame({"x": raw["x"].to_numpy(), "y": raw["y"].to_numpy()})
-            ttable["target"] = np.array(
-                [lookup[v] for v, k in zip(values, keep, strict=True) if k], dtype=np.int64
-            )
+            ttable["target"] = target
             tx, ty = ttable["x"].to_numpy(), ttable["y"].to_numpy()
             tfeats = cached_feature_table(manifest, fingerprint, tx, ty, window)
             truth = TruthSample(
@@ -488,6 +493,7 @@ def fit_predict_fold(
             checkpoint_dir=checkpoint_dir,
             on_epoch=on_epoch,
             fold=spec.name,
+            positive_index=task.positive_index if task.kind == "binary" else 1,
         )
         if context_hook is not None:
             context = context_hook(context)

@@ -287,6 +287,7 @@ def _run(
         inputs = build_inputs(config, prepare_dataset(config, announce), reporter.step)
         reporter.step(f"building {config['cv']['name']} folds")
         splitter, splits, diag = _splits(config, inputs, seed)
+        _check_tuned_on(config, inputs, caught)
         caught.collect()
         chash, tags = _identity(config, inputs, splitter, len(splits))
         experiment = (
@@ -404,6 +405,28 @@ def _check_same_cpu(earlier: dict[str, str], caught: WarningLog) -> None:
             "(each fold run records its CPU; fix: to reproduce one machine's figures, rerun "
             "with a new --tracking-uri or after deleting the run)",
         )
+
+
+def _check_tuned_on(config: dict[str, Any], inputs: RunInputs, caught: WarningLog) -> None:
+    """Warn when a run's parameters were tuned on its own pedons (``--params best:STUDY`` of
+    a sweep on this dataset and task): every test fold helped choose them, so its CV figures
+    are optimistic. Studies that do not record what they were tuned on get the warning too:
+    the honest estimate is the sweep's, whichever it is."""
+    tags = config["tracking"].get("tags") or {}
+    source = str(tags.get("params_source", ""))
+    if not source.startswith("best:"):
+        return
+    fingerprint = tags.get("params_tuned_on.dataset_fingerprint")
+    task = tags.get("params_tuned_on.task")
+    if fingerprint not in (None, inputs.fingerprint) or task not in (None, inputs.task.name):
+        return  # tuned on another dataset or task: these folds are not its tuning data
+    caught.add(
+        "tuned_on_these_pedons",
+        f"the parameters come from {source}, tuned on every pedon of this dataset and task: "
+        "each test fold helped choose them, so this run's CV figures are optimistic (the "
+        "sweep's pooled outer estimate is the honest one for the tuned model; use this run "
+        "for its refit model and maps)",
+    )
 
 
 @contextmanager

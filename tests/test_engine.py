@@ -162,3 +162,19 @@ def test_unlabelled_chips_over_a_test_pedon_are_refused_after_the_fit(tiny_dir, 
     params = {"epochs": 1, "batch_size": 16, "chip_size_px": 32, "preset": "cpu", "device": "cpu"}
     with pytest.raises(HygieneError, match="unlabelled training chip covered"):
         fit_predict_fold(inputs, spec, params, seed=0)
+
+
+def test_a_dataset_without_a_models_default_groups_says_which_inputs_it_uses(tmp_path):
+    """rf's default inputs are s2, terrain and climate; a delivery with other modalities uses
+    all of them (a prior map included), so the run says so rather than switching silently."""
+    from miso_bench.engine import _selection
+    from miso_bench.errors import MisoBenchWarning
+    from tests.helpers import write_point_dataset
+
+    mods = {"dem": {"folder": "dem", "bands": ["elev"]}, "prior": {"folder": "p", "bands": ["p"]}}
+    write_point_dataset(tmp_path, mods, np.zeros(2), np.zeros(2))
+    c = resolve_config(None, None, [f"data.path={tmp_path}", "model.name=rf"])
+    with pytest.warns(MisoBenchWarning, match="lacks s2, terrain, climate of rf.* dem, prior"):
+        assert _selection(c, load_manifest(tmp_path)) == ["dem", "prior"]
+    chosen = resolve_config(None, None, [f"data.path={tmp_path}", "model.features=[dem]"])
+    assert _selection(chosen, load_manifest(tmp_path)) == ["dem"]

@@ -170,6 +170,8 @@ def _experiment_section(client: Any, experiment: Any, out: Path) -> _Section | N
     for run in sorted(runs, key=lambda r: -r.data.metrics.get(f"test/overall/{metric}", -1)):
         m, t = run.data.metrics, run.data.tags
         label = _label(run) + (" (tuned)" if t.get("run_level") == "sweep" else "")
+        if "warning.tuned_on_these_pedons" in t:  # its CV figures are optimistic
+            label += " (tuned on its own pedons: optimistic)"
         worst = {k.split("/")[1]: v for k, v in m.items() if k.endswith(f"/worst/{metric}")}
         rows.append(
             {

@@ -230,7 +230,8 @@ class FileSplit(_SplitBased):
     kfold5 / sfold5 / sfold5_10km files) or ``{"train": [ids], "test": [ids]}`` (its uniform
     holdout: one fold); ``groups`` holds the pedon id of each sample. Ids of the file missing
     from the data are ignored; samples whose id is in no test list are never tested (counted in
-    :attr:`n_untested_`).
+    :attr:`n_untested_`, and a warning for files of several folds). A pedon in two test lists
+    is an error.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -256,6 +257,17 @@ class FileSplit(_SplitBased):
         self.folds = [
             (set(map(str, raw[k].get("train", []))), set(map(str, raw[k]["test"]))) for k in keys
         ]
+        # A pedon tested in two folds would get two out-of-fold predictions, one silently
+        # overwriting the other in the pooled metrics.
+        for i, (_, first) in enumerate(self.folds):
+            for j in range(i + 1, len(self.folds)):
+                shared = first & self.folds[j][1]
+                if shared:
+                    raise MisoBenchError(
+                        f"{file}: {len(shared)} pedon ids are in the test lists of both "
+                        f"{keys[i]} and {keys[j]} (e.g. {sorted(shared)[0]!r}) (fix: list each "
+                        "pedon in at most one fold's test list)"
+                    )
         self.n_splits = len(self.folds)
 
     def split(
@@ -272,6 +284,14 @@ class FileSplit(_SplitBased):
             tested[test] = True
             yield train, test
         self.n_untested_ = int((~tested).sum())
+        if self.n_untested_ and self.n_splits > 1:
+            warn(
+                "untested_pedons",
+                f"{self.n_untested_:,} of {len(ids):,} pedons are in no test list of "
+                f"{self.path}: the pooled metrics cover the other "
+                f"{len(ids) - self.n_untested_:,} (fix: list every pedon in one fold's test "
+                "list to evaluate them all)",
+            )
 
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of folds in the file."""

@@ -47,7 +47,7 @@ from torchgeo.samplers import SpatialSampler
 
 from ..errors import DatasetError
 from .grid import GridSpec, dataset_grid
-from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked
+from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked, require_crs
 from .rasters import ManifestRaster, open_stack
 
 __all__ = ["ChipSource", "GridSpec", "PedonChipDataset", "PedonSampler"]
@@ -153,14 +153,7 @@ class ChipSource:
         ordered = [str(p) for p in self.manifest.modality_files(part.spec.name)]
         for path in [p for p in ordered if p in indexed]:
             with open_raster(path) as src:
-                if src.crs is None:
-                    raise DatasetError(
-                        path,
-                        "crs",
-                        "file has no CRS, so its pixels cannot be placed on the map",
-                        f"assign the CRS it is in (gdal_edit.py -a_srs {self.manifest.crs} if "
-                        "it is the dataset's)",
-                    )
+                require_crs(src, path, self.manifest.crs)
                 t = src.transform
                 aligned = (
                     src.crs == target

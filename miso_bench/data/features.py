@@ -21,7 +21,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from ..errors import DatasetError
-from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked
+from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked, require_crs
 
 __all__ = ["extract_point_features", "feature_table", "window_feature_table"]
 
@@ -55,14 +55,7 @@ def _file_values(
                 f"file has {src.count} bands, the manifest lists {n_bands}",
                 "list one band name per band in file order",
             )
-        if src.crs is None:
-            raise DatasetError(
-                path,
-                "crs",
-                "file has no CRS, so its pixels cannot be placed on the map",
-                f"assign the CRS it is in (gdal_edit.py -a_srs {points_crs} if it is the "
-                "dataset's)",
-            )
+        require_crs(src, path, points_crs)
         if src.crs != rasterio.crs.CRS.from_user_input(points_crs):
             fx, fy = Transformer.from_crs(points_crs, src.crs, always_xy=True).transform(x, y)
         else:

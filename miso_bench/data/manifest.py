@@ -39,6 +39,7 @@ __all__ = [
     "open_raster",
     "raster_nodata",
     "read_masked",
+    "require_crs",
     "same_crs",
 ]
 
@@ -451,6 +452,23 @@ def open_raster(path: str | os.PathLike[str]) -> Any:
             f"unreadable raster: {exc}",
             "re-export it as GeoTIFF (`miso-bench data check` lists every problem)",
         ) from exc
+
+
+def require_crs(src: Any, path: str | os.PathLike[str], dataset_crs: str) -> None:
+    """Raise a one-line :class:`DatasetError` when an open raster has no CRS.
+
+    Args:
+        src: the open rasterio dataset.
+        path: its file (named in the error).
+        dataset_crs: the dataset's CRS, suggested in the fix.
+    """
+    if src.crs is None:
+        raise DatasetError(
+            path,
+            "crs",
+            "file has no CRS, so its pixels cannot be placed on the map",
+            f"assign the CRS it is in (gdal_edit.py -a_srs {dataset_crs} if it is the dataset's)",
+        )
 
 
 def find_manifest(path: str | Path) -> Path:

@@ -16,7 +16,14 @@ from torchgeo.datasets import GeoDataset
 from ..errors import DatasetError
 from .manifest import DatasetManifest, LabelSpec, normalise_label
 
-__all__ = ["LabelFilterReport", "PedonDataset", "pedon_xy", "read_pedon_table", "read_truth"]
+__all__ = [
+    "LabelFilterReport",
+    "PedonDataset",
+    "pedon_xy",
+    "read_pedon_table",
+    "read_truth",
+    "truth_targets",
+]
 
 _VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb"}
 
@@ -293,3 +300,16 @@ def read_truth(manifest: DatasetManifest) -> pd.DataFrame | None:
         "columns x and y missing",
         "write the coordinates (dataset CRS) as columns x and y, and one column per label",
     )
+
+
+def truth_targets(
+    truth: pd.DataFrame, label: str, classes: tuple[Any, ...]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The truth points of ``label`` whose value is one of ``classes`` and their class
+    indices; values and classes compared as :func:`normalise_label` reads them (text codes,
+    padded text and 1.0 match the class 1), exactly as pedon labels are."""
+    lookup = {normalise_label(c): i for i, c in enumerate(classes)}
+    values = [normalise_label(v) for v in truth[label].tolist()]
+    keep = np.array([v in lookup for v in values], dtype=bool)
+    target = np.array([lookup[v] for v, k in zip(values, keep, strict=True) if k], dtype=np.int64)
+    return truth[keep].reset_index(drop=True), target

@@ -296,7 +296,10 @@ def _task_of(job_task: dict[str, Any]) -> Task:
 
 def stat_band_names(task: Task, probabilities: bool) -> list[str]:
     """Descriptions of the float32 bands of a tile."""
-    names = [f"p_{task.positive_class}"] if task.kind == "binary" else ["p_mapped"]
+    # The scored class as its ``p/<class>`` metric and probability band spell it
+    # (classes [False, True] give ``p_True``, not the registered ``1``).
+    positive = [f"p_{task.class_names[task.positive_index]}"]
+    names = positive if task.kind == "binary" else ["p_mapped"]
     if probabilities:
         names += [f"p_{c}" for c in task.class_names]
     return [*names, "uncertainty", "di", "aoa"]
@@ -553,7 +556,7 @@ def score_maps(
     Returns rows ``layer, region, metric, value, n`` (None without a truth sample); points on
     the maps' no-data or off the mapped tiles are left out and counted (``n_unmapped``).
     """
-    from ..data.pedons import read_truth
+    from ..data.pedons import read_truth, truth_targets
     from ..data.regions import load_regions
 
     if not manifest.truth_file or not class_files:
@@ -561,10 +564,8 @@ def score_maps(
     raw = read_truth(manifest)
     if raw is None or task.label not in raw.columns:
         return None
-    lookup = {c: i for i, c in enumerate(task.classes)}
-    raw = raw[raw[task.label].map(lambda v: v in lookup)].reset_index(drop=True)
+    raw, target = truth_targets(raw, task.label, task.classes)  # as the runs read it
     x, y = raw["x"].to_numpy(np.float64), raw["y"].to_numpy(np.float64)
-    target = raw[task.label].map(lookup).astype(np.int64).to_numpy()
     cls = sample_tiles(class_files, x, y, manifest.crs)[:, 0]
     mapped = np.isfinite(cls)
     labels = np.where(mapped, cls, 0).astype(np.int64)

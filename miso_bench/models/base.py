@@ -165,6 +165,9 @@ class FoldContext:
         checkpoint_dir: where to keep checkpoints (an interrupted fit resumes).
         on_epoch: per-epoch callback (progress, pruning); see :data:`EpochCallback`.
         fold: a label of the fit, for messages.
+        positive_index: for binary tasks, the class index whose F1 the validation split
+            scores (early stopping, the kept epoch, pruning): the task's scored class, which
+            a manifest listing ``[1, 0]`` puts first.
     """
 
     source: ChipSource
@@ -173,6 +176,7 @@ class FoldContext:
     checkpoint_dir: Path | None = None
     on_epoch: EpochCallback | None = None
     fold: str = ""
+    positive_index: int = 1
 
 
 class ChipModel(_Classifier):

@@ -11,6 +11,7 @@ from .sweep import (
     outer_folds,
     run_sweep,
     study_name,
+    tuned_on,
     usable_space,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "run_sweep",
     "space_file",
     "study_name",
+    "tuned_on",
     "usable_space",
 ]

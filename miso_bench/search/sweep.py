@@ -56,7 +56,7 @@ from ..engine import (
     prepare_dataset,
 )
 from ..engine import truth_metrics as score_truth
-from ..errors import MisoBenchError
+from ..errors import MisoBenchError, warn
 from ..evaluation.regional import hard_labels
 from ..models import MODELS, deep_merge
 from ..provenance import code_version, process_alive, process_identity
@@ -212,11 +212,13 @@ def _study(name: str, settings: SweepSettings, seed: int) -> optuna.Study:
     )
 
 
-def _check_identity(study: optuna.Study, key: str) -> None:
+def _check_identity(study: optuna.Study, key: str, fingerprint: str, task: str) -> None:
     """A study holds trials of one objective: the same config, data, code, search space and
     inner folds. Reopening it under another (a changed ``--set``, ``--data``, ``--space``,
     ``--inner-splits``, or code) would mix trials scored on other folds into its best
-    parameters, so it is refused; a study without trials takes the key."""
+    parameters, so it is refused; a study without trials takes the key. The study also
+    records the dataset and task it is tuned on (``run --params best:STUDY`` warns when it
+    cross-validates on those same pedons)."""
     found = study.user_attrs.get("sweep_key")
     if found is None:
         study.set_user_attr("sweep_key", key)
@@ -226,6 +228,9 @@ def _check_identity(study: optuna.Study, key: str) -> None:
             "dataset, code version, search space or --inner-splits (fix: --study NEW_NAME, "
             "or delete the old study, e.g. optuna delete-study)"
         )
+    if study.user_attrs.get("dataset_fingerprint") is None:
+        study.set_user_attr("dataset_fingerprint", fingerprint)
+        study.set_user_attr("task", task)
 
 
 def _study_key(config: dict[str, Any], fingerprint: str, settings: SweepSettings) -> str:
@@ -418,12 +423,28 @@ class _Objective:
                 on_epoch=partial(on_epoch, j) if chips else None,
             )
             score = float(result.metrics.get(f"test/overall/{self.primary}", np.nan))
-            scores.append(score if np.isfinite(score) else 0.0)
-            self.tracker.log_metrics(run_id, {f"inner_{j}/{self.primary}": scores[-1]})
+            if not np.isfinite(score):
+                # Undefined by the fold's truth alone (e.g. f1_pos without a positive pedon),
+                # so for every trial alike: scored on the other inner folds, not as a 0.
+                warn(
+                    "inner_metric_undefined",
+                    f"{self.primary} is undefined on inner fold {j} of {self.outer.name} "
+                    "(e.g. it holds no positive pedon): trials are scored on its other inner "
+                    "folds",
+                )
+                continue
+            scores.append(score)
+            self.tracker.log_metrics(run_id, {f"inner_{j}/{self.primary}": score})
             if not chips:  # trees report the running mean after each inner fold
                 trial.report(float(np.mean(scores)), step=j)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"after inner fold {j}")
+        if not scores:
+            raise MisoBenchError(
+                f"{self.primary} is undefined on every inner fold of {self.outer.name} (e.g. "
+                "none holds a positive pedon) (fix: fewer --inner-splits or a smaller "
+                "cv.block_size_m)"
+            )
         return float(np.mean(scores))
 
 
@@ -648,7 +669,7 @@ def _sweep(
     outers = outer_folds(config, inputs, settings.inner_splits, name)
     key = _study_key(config, inputs.fingerprint, settings)
     for outer in outers:  # before any work: a study of another objective is refused
-        _check_identity(_study(outer.name, settings, 0), key)
+        _check_identity(_study(outer.name, settings, 0), key, inputs.fingerprint, inputs.task.name)
     if on_plan is not None:
         on_plan([outer.name for outer in outers])
     tracker = Tracker(_experiment(config, inputs), config["tracking"]["uri"])
@@ -811,7 +832,7 @@ def join_sweep(config: dict[str, Any], settings: SweepSettings) -> int:
     outers = outer_folds(config, inputs, settings.inner_splits, name)
     key = _study_key(config, inputs.fingerprint, settings)
     for outer in outers:
-        _check_identity(_study(outer.name, settings, 0), key)
+        _check_identity(_study(outer.name, settings, 0), key, inputs.fingerprint, inputs.task.name)
     runs: dict[str, str] = {}
     for outer in outers:
         found = tracker.client.search_runs(
@@ -1006,3 +1027,12 @@ def best_params(study: str, storage: str | None = None) -> dict[str, Any]:
     if not any(t.state == TrialState.COMPLETE for t in loaded.get_trials(deepcopy=False)):
         raise MisoBenchError(f"sweep {study!r} has no completed trial yet (fix: finish it)")
     return dict(loaded.best_trial.params)
+
+
+def tuned_on(study: str, storage: str | None = None) -> dict[str, str]:
+    """What a sweep's final study was tuned on: ``dataset_fingerprint`` and ``task`` (empty
+    for studies written before they were recorded)."""
+    name = study if study.endswith("/final") else f"{study}/final"
+    loaded = optuna.load_study(study_name=name, storage=storage or default_storage())
+    attrs = loaded.user_attrs
+    return {k: str(attrs[k]) for k in ("dataset_fingerprint", "task") if k in attrs}

@@ -182,7 +182,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 def _load_checkpoint(path: Path, device: torch.device) -> Any:
     """A checkpoint (tensors only, ``weights_only``), or None when absent or unreadable (an
-    unreadable one is set aside with a warning, and the fit starts afresh)."""
+    unreadable one is set aside with a warning)."""
     if not path.is_file():
         return None
     try:
@@ -191,10 +191,36 @@ def _load_checkpoint(path: Path, device: torch.device) -> Any:
         path.replace(path.with_name(path.name + ".damaged"))
         warn(
             "damaged_checkpoint",
-            f"{path}: unreadable checkpoint set aside ({type(exc).__name__}); the fit "
-            "starts from the beginning",
+            f"{path}: unreadable checkpoint set aside ({type(exc).__name__})"
+            + ("; the fit starts from the beginning" if path.name == "last.pt" else ""),
         )
         return None
+
+
+def _resume_state(ckpt: Path, device: torch.device) -> tuple[Any, Any]:
+    """The interrupted fit's training state (``last.pt``) and the weights of its best epoch
+    so far, or ``(None, None)`` to start from the beginning.
+
+    Resuming without the best epoch's weights would end, if no later epoch beats its score,
+    on the last epoch's weights while reporting the best one: when ``best.pt`` is missing or
+    unreadable and the best epoch is not the last one saved, the fit starts afresh instead.
+    """
+    state = _load_checkpoint(ckpt / "last.pt", device)
+    if state is None:
+        return None, None
+    best_epoch = int(state["best_epoch"])
+    best_state = _load_checkpoint(ckpt / "best.pt", torch.device("cpu"))
+    if best_state is None and best_epoch == int(state["epoch"]):
+        best_state = {k: v.detach().cpu().clone() for k, v in state["model"].items()}
+    if best_state is None and best_epoch >= 0:
+        warn(
+            "damaged_checkpoint",
+            f"{ckpt / 'best.pt'}: missing or unreadable, so the weights of the best epoch "
+            f"so far (epoch {best_epoch + 1} of the {int(state['epoch']) + 1} done) cannot be "
+            "restored; the fit starts from the beginning",
+        )
+        return None, None
+    return state, best_state
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -282,7 +308,7 @@ def fit_module(
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     first_epoch = 0
-    state = _load_checkpoint(ckpt / "last.pt", device) if ckpt is not None else None
+    state, best_state = _resume_state(ckpt, device) if ckpt is not None else (None, None)
     if state is not None:
         module.load_state_dict(state["model"])
         restore_optimizer(optimizer, state["optimizer"])
@@ -292,9 +318,6 @@ def fit_module(
         result.best_epoch = int(state["best_epoch"])
         result.best_score = float(state["best_score"])
         result.resumed_from = first_epoch
-        if ckpt is None:  # the resume state is read from the checkpoint folder
-            raise RuntimeError("a training state was resumed without its checkpoint folder")
-        best_state = _load_checkpoint(ckpt / "best.pt", torch.device("cpu"))
     use_amp = cfg.amp
     for epoch in range(first_epoch, cfg.epochs):
         if result.best_epoch >= 0 and epoch - result.best_epoch > cfg.patience:

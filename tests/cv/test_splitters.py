@@ -115,6 +115,27 @@ def test_region_and_file_schemes(tmp_path):
         FileSplit(path)
 
 
+def test_a_split_file_tests_each_pedon_once_and_says_what_it_leaves_untested(tmp_path):
+    """A pedon in two test lists would get two predictions, the later silently kept; pedons
+    in no test list are left out of the pooled metrics: an error and a warning, not silence."""
+    path = tmp_path / "split.json"
+    two = {"fold_0": {"train": [3, 4], "test": [1, 2]}, "fold_1": {"train": [1], "test": [2, 3]}}
+    path.write_text(json.dumps(two))
+    with pytest.raises(MisoBenchError, match=r"both fold_0 and fold_1 .*'2'"):
+        FileSplit(path)
+    gap = {"fold_0": {"train": [3, 4], "test": [1, 2]}, "fold_1": {"train": [1, 2], "test": [3]}}
+    path.write_text(json.dumps(gap))
+    ids = np.array([1, 2, 3, 4, 5])
+    with pytest.warns(MisoBenchWarning, match="2 of 5 pedons are in no test list"):
+        splits = list(FileSplit(path).split(np.zeros((5, 2)), groups=ids))
+    assert [list(te) for _, te in splits] == [[0, 1], [2]]
+    holdout = {"train": [1, 2, 3], "test": [4, 5]}  # one fold: the rest is its training set
+    path.write_text(json.dumps(holdout))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MisoBenchWarning)
+        assert len(list(FileSplit(path).split(np.zeros((5, 2)), groups=ids))) == 1
+
+
 def test_knndm_matches_the_prediction_distances_better_than_random():
     X, y = clustered(n_clusters=30, per=30)
     rng = np.random.default_rng(5)

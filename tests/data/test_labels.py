@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 from miso_bench.data.check import check_dataset
 from miso_bench.data.init import draft_manifest
 from miso_bench.data.manifest import load_manifest
-from miso_bench.data.pedons import PedonDataset
+from miso_bench.data.pedons import PedonDataset, truth_targets
 from miso_bench.engine import identity_tags
 from miso_bench.errors import ManifestError, MisoBenchError
 from miso_bench.evaluation.tasks import resolve_task
@@ -149,3 +149,16 @@ def test_init_keeps_markers_out_of_the_classes_and_says_which_class_is_scored(
     manifest = yaml.safe_load((folder / "dataset.yaml").read_text())
     assert [str(c) for c in manifest["pedons"]["labels"]["pf"]["classes"]] == ["0", "1"]
     assert any("scored on its second class '1'" in c for c in draft.checks)
+
+
+def test_truth_labels_are_read_as_pedon_labels_are() -> None:
+    """The map scores and the runs' truth metrics share one reading of the truth sample's
+    labels (the map scores once dropped text codes and padded text without a word)."""
+    truth = pd.DataFrame(
+        {"x": np.arange(6.0), "y": 0.0, "pf1m": ["1", " 0", 1.0, "NA", 2, "0"]}, dtype=object
+    )
+    kept, target = truth_targets(truth, "pf1m", (0, 1))
+    assert kept["x"].tolist() == [0.0, 1.0, 2.0, 5.0]
+    assert target.tolist() == [1, 0, 1, 0]
+    flags = pd.DataFrame({"x": [0.0, 1.0], "y": 0.0, "pf1m": [True, False]})
+    assert truth_targets(flags, "pf1m", (0, 1))[1].tolist() == [1, 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -652,3 +653,21 @@ def test_the_same_crs_in_another_spelling_is_the_same(rf_run, env, tiny_copy):
     edit_manifest(tiny_copy, lambda d: d.update(crs="EPSG:32606"))
     with pytest.raises(MisoBenchError, match="the model was trained on data in EPSG:3338"):
         model.predict_points(tiny_copy, x, y)
+
+
+def test_the_scored_class_band_is_spelled_as_the_datasets_class():
+    """A pf1m label stored as true/false matches the registered positive class 1 (True == 1);
+    its map band must spell the class as the run's metrics do (``p/True``), not as ``p_1``."""
+    from miso_bench.evaluation.tasks import TASKS
+
+    task = replace(TASKS.get("pf1m"), classes=(False, True))
+    assert maps_module.stat_band_names(task, probabilities=True) == [
+        "p_True",
+        "p_False",
+        "p_True",
+        "uncertainty",
+        "di",
+        "aoa",
+    ]
+    numeric = replace(task, classes=(0, 1))
+    assert maps_module.stat_band_names(numeric, probabilities=False)[0] == "p_1"

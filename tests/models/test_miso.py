@@ -81,6 +81,26 @@ def test_binary_miso_predicts_two_columns(tiny, context):
     assert proba.shape == (5, 2) and np.allclose(proba.sum(1), 1)
 
 
+def test_validation_scores_the_tasks_positive_class(tiny, context):
+    """Early stopping keeps the epoch with the best F1 of the task's scored class: with a
+    manifest listing ``[1, 0]`` that class is index 0 (the validation F1 once scored index 1,
+    the class the reported f1_pos does not score)."""
+    from dataclasses import replace
+
+    from sklearn.metrics import f1_score
+
+    kept, _ = PedonDataset(tiny).labelled("pf1m")
+    X = pd.DataFrame({"coord_x": kept["x"].to_numpy(), "coord_y": kept["y"].to_numpy()})
+    y = kept["target"].to_numpy()
+    model = build_model("miso", SMALL, n_classes=2, seed=0)
+    first = replace(context, positive_index=0)
+    model.fit(X.iloc[:16], y[:16], X.iloc[16:40], y[16:40], context=first)
+    pred = model.predict_proba(X.iloc[16:40]).argmax(1)
+    scores = {c: f1_score(y[16:40], pred, pos_label=c, zero_division=0) for c in (0, 1)}
+    assert scores[0] != pytest.approx(scores[1])  # the check tells the two classes apart
+    assert model.history_[0]["val/score"] == pytest.approx(scores[0])
+
+
 # --- the implicit decoder -----------------------------------------------------------------
 def test_query_at_a_cell_centre_reproduces_that_cells_projection():
     torch.manual_seed(0)
@@ -264,6 +284,87 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_fit_starts_afresh(tmp_path):
     assert result.resumed_from is None and len(result.history) == 2
     assert (tmp_path / "last.pt.damaged").is_file()
     torch.load(tmp_path / "last.pt", weights_only=True)  # a complete checkpoint now
+
+
+def _scripted(scores):
+    """A validation that returns ``scores`` in turn (one per epoch of one fit)."""
+    calls = iter(scores)
+    return lambda module: next(calls)
+
+
+@pytest.mark.parametrize("lost", ["missing", "damaged"])
+def test_a_resume_without_the_best_epochs_weights_starts_afresh(tmp_path, lost):
+    """The best epoch (0) is not the last saved (1): resuming without best.pt once ended on
+    the last epoch's weights while reporting epoch 0 as the one kept."""
+    from miso_bench.errors import MisoBenchWarning
+
+    cfg = TrainConfig(epochs=4, lr=1e-2, patience=10)
+    scores = [0.9, 0.5, 0.4, 0.3]
+    net, batches, step, _ = _toy(0)
+    straight_result = fit_module(net, batches, 4, step, _scripted(scores), cfg)
+    straight = {k: v.clone() for k, v in net.state_dict().items()}
+    assert straight_result.best_epoch == 0
+
+    def stop_after_two(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    net2, batches, step, _ = _toy(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_module(
+            net2,
+            batches,
+            4,
+            step,
+            _scripted(scores),
+            cfg,
+            checkpoint_dir=tmp_path,
+            on_epoch=stop_after_two,
+        )
+    if lost == "missing":
+        (tmp_path / "best.pt").unlink()
+    else:
+        (tmp_path / "best.pt").write_bytes(b"truncated")
+    net3, batches, step, _ = _toy(0)
+    with pytest.warns(MisoBenchWarning) as told:
+        result = fit_module(net3, batches, 4, step, _scripted(scores), cfg, checkpoint_dir=tmp_path)
+    said = [str(w.message) for w in told]
+    assert any("best epoch so far (epoch 1 of the 2 done)" in m for m in said), said
+    assert any("starts from the beginning" in m for m in said), said
+    assert result.resumed_from is None and result.best_epoch == 0
+    for k, v in net3.state_dict().items():
+        torch.testing.assert_close(v, straight[k])
+
+
+def test_a_resume_whose_best_epoch_is_the_last_saved_needs_no_best_file(tmp_path):
+    cfg = TrainConfig(epochs=4, lr=1e-2, patience=10)
+    scores = [0.1, 0.2, 0.3, 0.4]
+    net, batches, step, _ = _toy(0)
+    fit_module(net, batches, 4, step, _scripted(scores), cfg)
+    straight = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def stop_after_two(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    net2, batches, step, _ = _toy(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_module(
+            net2,
+            batches,
+            4,
+            step,
+            _scripted(scores),
+            cfg,
+            checkpoint_dir=tmp_path,
+            on_epoch=stop_after_two,
+        )
+    (tmp_path / "best.pt").unlink()
+    net3, batches, step, _ = _toy(123)
+    result = fit_module(net3, batches, 4, step, _scripted(scores[2:]), cfg, checkpoint_dir=tmp_path)
+    assert result.resumed_from == 2 and result.best_epoch == 3
+    for k, v in net3.state_dict().items():
+        torch.testing.assert_close(v, straight[k])
 
 
 def test_schedule_is_continuous_and_warms_up():

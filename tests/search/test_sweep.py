@@ -169,6 +169,39 @@ def test_bad_trials_are_pruned(tiny_dir, home, tmp_path):
     assert all(c["complete"] + c["pruned"] == 12 for c in result.counts.values())
 
 
+def test_an_undefined_inner_score_is_left_out_not_scored_zero(
+    tiny_dir, home, tmp_path, monkeypatch
+):
+    """An inner fold whose metric is undefined by its truth (f1_pos without positives) once
+    counted as 0.0, pulling every trial's value and the reported best inner score down."""
+    real = sweep_module.fit_predict_fold
+
+    def undefined_first_inner(inputs, spec, *args, **kwargs):
+        result = real(inputs, spec, *args, **kwargs)
+        if spec.name.endswith("/inner_0"):
+            result = replace(result, metrics={**result.metrics, "test/overall/macro_f1": np.nan})
+        return result
+
+    monkeypatch.setattr(sweep_module, "fit_predict_fold", undefined_first_inner)
+    settings = SweepSettings(
+        space=space(tmp_path), n_trials=2, inner_splits=2, pruner="none", study="undefined"
+    )
+    result = run_sweep(config(tiny_dir, home), settings)
+    client = MlflowClient(f"sqlite:///{home}/t.db")
+    said = client.get_run(result.run_id).data.tags["warning.inner_metric_undefined"]
+    assert "undefined on inner fold 0" in said
+    trials = client.search_runs(
+        client.get_experiment_by_name("synthetic-alaska-tiny/tax_order").experiment_id,
+        "tags.run_level = 'trial' and tags.optuna_study LIKE 'undefined/%'",
+    )
+    storage = f"sqlite:///{home}/optuna.db"
+    for run in trials:
+        assert "inner_0/macro_f1" not in run.data.metrics
+        study = optuna.load_study(study_name=run.data.tags["optuna_study"], storage=storage)
+        trial = study.trials[int(run.data.tags["optuna_trial"])]
+        assert trial.value == pytest.approx(run.data.metrics["inner_1/macro_f1"])
+
+
 def test_tuned_parameters_run(tiny_dir, home, tmp_path, capsys):
     from miso_bench.cli import main
 
@@ -185,6 +218,18 @@ def test_tuned_parameters_run(tiny_dir, home, tmp_path, capsys):
     params = runs[0].data.params
     for path, value in best.items():
         assert params[path] == str(value)
+    # Its CV ran on the pedons the parameters were tuned on: said, and tagged, not silent.
+    tags = runs[0].data.tags
+    assert tags["params_source"] == "best:tuned"
+    assert tags["params_tuned_on.task"] == "tax_order"
+    assert "optimistic" in tags["warning.tuned_on_these_pedons"]
+    assert "tuned_on_these_pedons" in capsys.readouterr().out
+    # Another task's pedons were not its tuning data: no warning.
+    assert main([*args, "--task", "pf1m"]) == 0
+    exp = client.get_experiment_by_name("synthetic-alaska-tiny/pf1m")
+    other = client.search_runs([exp.experiment_id], "tags.run_level = 'parent'")[0].data.tags
+    assert other["params_source"] == "best:tuned"
+    assert "warning.tuned_on_these_pedons" not in other
     assert main(["run", "--model", "rf", "--params", "best:nothing", "--data", str(tiny_dir)]) == 2
     assert "no sweep 'nothing'" in capsys.readouterr().err
 

@@ -669,13 +669,16 @@ class MisoModel(ChipModel):
         x_val = None if X_val is None else X_val["coord_x"].to_numpy()
         yv = None if X_val is None else X_val["coord_y"].to_numpy()
 
+        pos_label = int(context.positive_index)
+
         def validate(module: torch.nn.Module) -> float | None:
             if x_val is None or yv is None or y_val is None or len(x_val) == 0:
                 return None  # no validation split: the last epoch is kept
             self.net_ = module
             pred = self._predict_xy(x_val, yv).argmax(1)
             if binary:
-                return float(f1_score(y_val, pred, pos_label=1, zero_division=0))
+                # The task's scored class, as the reported f1_pos scores it.
+                return float(f1_score(y_val, pred, pos_label=pos_label, zero_division=0))
             present = np.unique(y_val)
             return float(f1_score(y_val, pred, labels=present, average="macro", zero_division=0))
 
