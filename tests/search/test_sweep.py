@@ -224,6 +224,10 @@ def test_tuned_parameters_run(tiny_dir, home, tmp_path, capsys):
     assert tags["params_tuned_on.task"] == "tax_order"
     assert "optimistic" in tags["warning.tuned_on_these_pedons"]
     assert "tuned_on_these_pedons" in capsys.readouterr().out
+    from miso_bench.analysis.report import build_report
+
+    report = build_report(tmp_path / "report", [exp.name], f"sqlite:///{home}/t.db", log=False)
+    assert "(tuned on its own pedons: optimistic)" in report.markdown.read_text()
     # Another task's pedons were not its tuning data: no warning.
     assert main([*args, "--task", "pf1m"]) == 0
     exp = client.get_experiment_by_name("synthetic-alaska-tiny/pf1m")
