@@ -43,7 +43,7 @@ from .evaluation.tasks import Task, resolve_task
 from .models import MODELS, FoldContext, build_model
 from .provenance import code_version, git_commit, hardware_tags
 from .registry import slugify
-from .spatial import MetricFrame, metric_coordinates
+from .spatial import OUTSIDE_REGION, MetricFrame, metric_coordinates
 from .version import __version__
 
 __all__ = [
@@ -229,6 +229,17 @@ def build_inputs(
     layers = load_regions(manifest)
     x, y = kept["x"].to_numpy(), kept["y"].to_numpy()
     regions = {name: layer.assign(x, y) for name, layer in layers.items()}
+    for name, names in regions.items():
+        outside = int((names == OUTSIDE_REGION).sum())
+        if outside:
+            warn(
+                f"pedons_outside_{name}",
+                f"{outside:,} of {len(names):,} pedons lie in no polygon of the region layer "
+                f"{name} ({layers[name].file}): they are reported as region "
+                f"'{OUTSIDE_REGION}', which is never the worst region nor a fold of "
+                "leave-one-region-out CV (fix: check the layer's CRS and extent; "
+                "`miso-bench data check` lists the pedons)",
+            )
     xy_m, frame = metric_coordinates(manifest.crs, x, y)
     X = feats[columns].copy()
     X.index = pd.Index(kept["id"].to_numpy(), name="id")

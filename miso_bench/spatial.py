@@ -14,14 +14,21 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "OUTSIDE_REGION",
     "MetricFrame",
     "block_ids",
     "is_metric_crs",
+    "longitude_span",
     "metres_per_unit",
     "metric_coordinates",
     "metric_crs_for",
     "nearest_distance",
 ]
+
+
+#: Region name of points that fall in no polygon of a region layer: reported as such, never
+#: the "worst region" and never a test fold of leave-one-region-out CV.
+OUTSIDE_REGION = "outside"
 
 
 def block_ids(x: np.ndarray, y: np.ndarray, block_size_m: float) -> np.ndarray:
@@ -90,22 +97,38 @@ def metric_crs_for(crs: str, x: np.ndarray, y: np.ndarray) -> str:
         raise ValueError("no finite coordinate to choose a metric CRS from")
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x[ok], y[ok])
     lon, lat = np.asarray(lon), np.asarray(lat)
-    west, east = float(lon.min()), float(lon.max())
+    west, east = longitude_span(lon)
     south, north = float(lat.min()), float(lat.max())
+    lon0 = _wrap((west + east) / 2)
     if east - west <= 6.0 and south >= -80.0 and north <= 84.0:
         from pyproj.aoi import AreaOfInterest
         from pyproj.database import query_utm_crs_info
 
         found = query_utm_crs_info(
             datum_name="WGS 84",
-            area_of_interest=AreaOfInterest(
-                (west + east) / 2, (south + north) / 2, (west + east) / 2, (south + north) / 2
-            ),
+            area_of_interest=AreaOfInterest(lon0, (south + north) / 2, lon0, (south + north) / 2),
         )
         if found:
             return f"{found[0].auth_name}:{found[0].code}"
-    lat0, lon0 = (south + north) / 2, (west + east) / 2
+    lat0 = (south + north) / 2
     return f"+proj=laea +lat_0={lat0:.4f} +lon_0={lon0:.4f} +datum=WGS84 +units=m +no_defs"
+
+
+def _wrap(lon: float) -> float:
+    """A longitude in [-180, 180)."""
+    return float((lon + 180.0) % 360.0 - 180.0)
+
+
+def longitude_span(lon: np.ndarray) -> tuple[float, float]:
+    """The shortest arc of longitude holding every point, as ``(west, east)`` with
+    ``east - west`` its width in degrees (``east`` may pass 180: points on both sides of the
+    antimeridian, such as the western Aleutians, span a few degrees, not 359)."""
+    s = np.sort((np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0)
+    gaps = np.diff(np.concatenate([s, [s[0] + 360.0]]))
+    k = int(np.argmax(gaps))  # the widest arc without points follows s[k]
+    west = float(s[(k + 1) % len(s)])
+    east = float(s[k])
+    return west, east + 360.0 if east < west else east
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.model_selection import BaseCrossValidator, StratifiedKFold
 
 from ..errors import MisoBenchError, warn
-from ..spatial import block_ids
+from ..spatial import OUTSIDE_REGION, block_ids
 
 __all__ = [
     "BufferedSplitter",
@@ -171,7 +171,8 @@ class ClusterKFold(_FoldCV):
 class LeaveOneRegionOut(_FoldCV):
     """One fold per region (MLRA or permafrost zone): tests transfer to unseen regions.
 
-    ``groups`` holds the region name of each pedon.
+    ``groups`` holds the region name of each pedon; pedons in no region (``"outside"``) are
+    never tested and train every fold (with a warning).
     """
 
     def __init__(self) -> None:
@@ -180,17 +181,29 @@ class LeaveOneRegionOut(_FoldCV):
     def _folds(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> np.ndarray:
         if groups is None:
             raise ValueError("LeaveOneRegionOut needs the region of each pedon as groups")
-        uniq, inv = np.unique(groups.astype(str), return_inverse=True)
+        names = groups.astype(str)
+        outside = names == OUTSIDE_REGION
+        uniq, inv = np.unique(names[~outside], return_inverse=True)
         if len(uniq) < 2:
             raise MisoBenchError(f"leave-one-region-out needs at least 2 regions, got {list(uniq)}")
+        if outside.any():
+            # A scattered set whose neighbours lie in every training region is no unseen
+            # region: its score would flatter the transfer estimate.
+            warn(
+                "region_cv_outside",
+                f"leave-one-region-out: {int(outside.sum()):,} pedons in no region are "
+                "never tested (they train every fold)",
+            )
         self.n_splits = len(uniq)
         self.regions_ = list(uniq)
-        return inv.ravel()
+        folds = np.full(len(names), -1, dtype=np.int64)
+        folds[~outside] = inv.ravel()
+        return folds
 
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of regions in ``groups``."""
         if groups is not None:
-            return len(np.unique(np.asarray(groups).astype(str)))
+            return len(set(np.asarray(groups).astype(str).tolist()) - {OUTSIDE_REGION})
         return self.n_splits
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, warn
+from ..spatial import OUTSIDE_REGION
 from .manifest import DatasetManifest, RegionSpec
 
 __all__ = ["OUTSIDE", "RegionLayer", "load_regions"]
 
 #: Region name given to points that fall in no polygon of a layer.
-OUTSIDE = "outside"
+OUTSIDE = OUTSIDE_REGION
 
 
 class RegionLayer:
@@ -49,6 +50,12 @@ class RegionLayer:
                 f"use one of {[c for c in gdf.columns if c != 'geometry']}",
             )
         if gdf.crs is None:
+            warn(
+                "region_layer_without_crs",
+                f"{path}: the region layer has no CRS, so it is read in the dataset's "
+                f"({manifest.crs}) (fix: if it is in another, assign that one, e.g. "
+                "ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp, or restore its .prj)",
+            )
             gdf = gdf.set_crs(manifest.crs)
         self.polygons = gdf[[spec.field, "geometry"]].to_crs(manifest.crs)
         self.polygons[spec.field] = self.polygons[spec.field].astype(str)
@@ -62,6 +69,11 @@ class RegionLayer:
     def regions(self) -> list[str]:
         """Distinct region names, sorted."""
         return sorted(self.polygons[self.spec.field].unique())
+
+    @property
+    def file(self) -> str:
+        """The layer's file as the manifest names it."""
+        return str(self.spec.file)
 
     def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Region name of each point (``"outside"`` when in no polygon; first match wins)."""

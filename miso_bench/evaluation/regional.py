@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..registry import slugify
-from ..spatial import block_ids
+from ..spatial import OUTSIDE_REGION, block_ids
 from .metrics import CM_METRICS, classification_metrics, confusion, metrics_from_confusion
 from .tasks import Task
 
@@ -178,7 +178,7 @@ def evaluate_by_region(
                 layer, region, y_true[sel], proba[sel], blocks[sel], task, n_boot, ci, rng
             )
             rows += rrows
-            if sel.sum() >= min_n:
+            if sel.sum() >= min_n and region != OUTSIDE_REGION:  # no region is not a region
                 value = next(r["value"] for r in rrows if r["metric"] == task.primary_metric)
                 if np.isfinite(value):  # undefined (no positives) is not "worst"
                     scores.append((value, region))
