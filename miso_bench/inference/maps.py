@@ -73,6 +73,22 @@ class Region:
     w: int
 
 
+def overlap_pixels(regions: Sequence[Region]) -> int:
+    """Grid pixels that lie in two or more of ``regions`` (counted once each): per-tile pixel
+    counts summed over overlapping tiles count these once per tile."""
+    if len(regions) < 2:
+        return 0
+    rows = np.unique([v for r in regions for v in (r.r0, r.r0 + r.h)])
+    cols = np.unique([v for r in regions for v in (r.c0, r.c0 + r.w)])
+    cover = np.zeros((len(rows) - 1, len(cols) - 1), dtype=np.int32)
+    for r in regions:
+        i0, i1 = np.searchsorted(rows, [r.r0, r.r0 + r.h])
+        j0, j1 = np.searchsorted(cols, [r.c0, r.c0 + r.w])
+        cover[i0:i1, j0:j1] += 1
+    cells = np.outer(np.diff(rows), np.diff(cols))
+    return int(cells[cover >= 2].sum())
+
+
 def _snap(grid: Any, xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[int, ...]:
     c0 = math.floor((xmin - grid.x0) / grid.res + 1e-6)
     c1 = math.ceil((xmax - grid.x0) / grid.res - 1e-6)
@@ -854,7 +870,9 @@ def predict_map(
         "tiles": [r.name for r in regions],
         "skipped": skipped,
         "stride_px": stride_px,
+        # Sums over tiles: a pixel in k overlapping tiles counts k times (overlap_pixels).
         "pixels": int(sum(records[r.name]["pixels"] for r in regions)),
+        "overlap_pixels": overlap_pixels(regions),
         "mapped_pixels": int(sum(records[r.name]["mapped_pixels"] for r in regions)),
         "aoa_inside_pixels": int(sum(records[r.name]["aoa_inside_pixels"] for r in regions)),
         "seconds": time.perf_counter() - started,

@@ -447,6 +447,19 @@ def test_overlapping_tiles_agree_where_they_overlap(tiny_dir, env, tmp_path):
     west, _ = _read(tmp_path / "m" / f"{stems[1]}.stats.tif")
     half = west.shape[2] - 16  # west spans [0, half + 8), east [half - 8, end)
     np.testing.assert_array_equal(west[:, :, half:], east[:, :, :16])
+    # The summary's pixel sums count the 16-column overlap once per tile, and say so.
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["overlap_pixels"] == 16 * west.shape[1]
+
+
+def test_overlap_pixels_counts_each_shared_pixel_once():
+    from miso_bench.inference.maps import Region, overlap_pixels
+
+    a, b = Region("a", 0, 0, 10, 10), Region("b", 5, 5, 10, 10)
+    assert overlap_pixels([a]) == 0
+    assert overlap_pixels([a, b]) == 25
+    assert overlap_pixels([a, b, Region("a2", 0, 0, 10, 10)]) == 100  # all of a, once
+    assert overlap_pixels([a, Region("c", 20, 20, 5, 5)]) == 0
 
 
 @pytest.mark.slow
