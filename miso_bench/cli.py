@@ -382,11 +382,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     print(f"  maps:      {result.out_dir}/<tile>.class.tif, <tile>.stats.tif (COG)")
     print(f"  mosaic:    {result.out_dir / 'class.vrt'}, {result.out_dir / 'stats.vrt'}")
-    overlap = int(json.loads((result.out_dir / "summary.json").read_text())["overlap_pixels"])
-    if overlap:
+    if result.overlap_pixels:
         print(
-            f"  ({overlap:,} pixels lie in two or more overlapping tiles and are counted once "
-            "per tile above; the mosaic shows each once)"
+            f"  ({result.overlap_pixels:,} pixels lie in two or more overlapping tiles and "
+            "are counted once per tile above; the mosaic shows each once)"
         )
     if (result.out_dir / "quicklook.png").is_file():
         print(f"  quicklook: {result.out_dir / 'quicklook.png'}")

@@ -9,6 +9,7 @@ projection chosen for the data) for block sizes, buffers, clustering and distanc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -99,7 +100,7 @@ def metric_crs_for(crs: str, x: np.ndarray, y: np.ndarray) -> str:
     lon, lat = np.asarray(lon), np.asarray(lat)
     west, east = longitude_span(lon)
     south, north = float(lat.min()), float(lat.max())
-    lon0 = _wrap((west + east) / 2)
+    lon0 = float(_wrap((west + east) / 2))
     if east - west <= 6.0 and south >= -80.0 and north <= 84.0:
         from pyproj.aoi import AreaOfInterest
         from pyproj.database import query_utm_crs_info
@@ -114,16 +115,16 @@ def metric_crs_for(crs: str, x: np.ndarray, y: np.ndarray) -> str:
     return f"+proj=laea +lat_0={lat0:.4f} +lon_0={lon0:.4f} +datum=WGS84 +units=m +no_defs"
 
 
-def _wrap(lon: float) -> float:
-    """A longitude in [-180, 180)."""
-    return float((lon + 180.0) % 360.0 - 180.0)
+def _wrap(lon: Any) -> Any:
+    """Longitudes (a number or an array) in [-180, 180)."""
+    return (lon + 180.0) % 360.0 - 180.0
 
 
 def longitude_span(lon: np.ndarray) -> tuple[float, float]:
     """The shortest arc of longitude holding every point, as ``(west, east)`` with
     ``east - west`` its width in degrees (``east`` may pass 180: points on both sides of the
     antimeridian, such as the western Aleutians, span a few degrees, not 359)."""
-    s = np.sort((np.asarray(lon, dtype=np.float64) + 180.0) % 360.0 - 180.0)
+    s = np.sort(_wrap(np.asarray(lon, dtype=np.float64)))
     gaps = np.diff(np.concatenate([s, [s[0] + 360.0]]))
     k = int(np.argmax(gaps))  # the widest arc without points follows s[k]
     west = float(s[(k + 1) % len(s)])

@@ -490,6 +490,7 @@ class MapResult:
     truth: pd.DataFrame | None
     seconds: float
     logged_to: str = ""
+    overlap_pixels: int = 0
 
     @property
     def pixels_per_second(self) -> float:
@@ -862,6 +863,7 @@ def predict_map(
     truth = score_maps(class_files, stats_files, manifest, task)
     if truth is not None:
         truth.to_csv(out_dir / "map_truth_by_region.csv", index=False)
+    overlap = overlap_pixels(regions)
     summary = {
         "run_id": parent_id,
         "fold": str(fold),
@@ -872,7 +874,7 @@ def predict_map(
         "stride_px": stride_px,
         # Sums over tiles: a pixel in k overlapping tiles counts k times (overlap_pixels).
         "pixels": int(sum(records[r.name]["pixels"] for r in regions)),
-        "overlap_pixels": overlap_pixels(regions),
+        "overlap_pixels": overlap,
         "mapped_pixels": int(sum(records[r.name]["mapped_pixels"] for r in regions)),
         "aoa_inside_pixels": int(sum(records[r.name]["aoa_inside_pixels"] for r in regions)),
         "seconds": time.perf_counter() - started,
@@ -887,6 +889,7 @@ def predict_map(
         [records[r.name] for r in regions],
         truth,
         time.perf_counter() - started,
+        overlap_pixels=overlap,
     )
     if log:
         result.logged_to = _log_to_mlflow(

@@ -442,14 +442,16 @@ def test_overlapping_tiles_agree_where_they_overlap(tiny_dir, env, tmp_path):
     data = split_tiles_copy(tiny_dir, tmp_path / "overlap", overlap_px=8)
     run = _run(data, env, **{"model.name": "rf", "task": "pf1m", "model.params.n_estimators": 20})
     stems = sorted(p.stem for p in load_manifest(data).modality_files("sentinel2"))[:2]
-    _map(run, tmp_path / "m", env, tiles=stems, all_tiles=False, log=False, quicklooks=False)
+    result = _map(
+        run, tmp_path / "m", env, tiles=stems, all_tiles=False, log=False, quicklooks=False
+    )
     east, _ = _read(tmp_path / "m" / f"{stems[0]}.stats.tif")
     west, _ = _read(tmp_path / "m" / f"{stems[1]}.stats.tif")
     half = west.shape[2] - 16  # west spans [0, half + 8), east [half - 8, end)
     np.testing.assert_array_equal(west[:, :, half:], east[:, :, :16])
     # The summary's pixel sums count the 16-column overlap once per tile, and say so.
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
-    assert summary["overlap_pixels"] == 16 * west.shape[1]
+    assert summary["overlap_pixels"] == result.overlap_pixels == 16 * west.shape[1]
 
 
 def test_overlap_pixels_counts_each_shared_pixel_once():

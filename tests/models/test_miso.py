@@ -292,6 +292,27 @@ def _scripted(scores):
     return lambda module: next(calls)
 
 
+def _interrupted_after_two_epochs(scores, cfg, checkpoint_dir):
+    """The toy fit, validated by ``scores``, stopped after its second epoch's checkpoint."""
+
+    def stop_after_two(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    net, batches, step, _ = _toy(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_module(
+            net,
+            batches,
+            4,
+            step,
+            _scripted(scores),
+            cfg,
+            checkpoint_dir=checkpoint_dir,
+            on_epoch=stop_after_two,
+        )
+
+
 @pytest.mark.parametrize("lost", ["missing", "damaged"])
 def test_a_resume_without_the_best_epochs_weights_starts_afresh(tmp_path, lost):
     """The best epoch (0) is not the last saved (1): resuming without best.pt once ended on
@@ -304,23 +325,7 @@ def test_a_resume_without_the_best_epochs_weights_starts_afresh(tmp_path, lost):
     straight_result = fit_module(net, batches, 4, step, _scripted(scores), cfg)
     straight = {k: v.clone() for k, v in net.state_dict().items()}
     assert straight_result.best_epoch == 0
-
-    def stop_after_two(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    net2, batches, step, _ = _toy(0)
-    with pytest.raises(KeyboardInterrupt):
-        fit_module(
-            net2,
-            batches,
-            4,
-            step,
-            _scripted(scores),
-            cfg,
-            checkpoint_dir=tmp_path,
-            on_epoch=stop_after_two,
-        )
+    _interrupted_after_two_epochs(scores, cfg, tmp_path)
     if lost == "missing":
         (tmp_path / "best.pt").unlink()
     else:
@@ -342,23 +347,7 @@ def test_a_resume_whose_best_epoch_is_the_last_saved_needs_no_best_file(tmp_path
     net, batches, step, _ = _toy(0)
     fit_module(net, batches, 4, step, _scripted(scores), cfg)
     straight = {k: v.clone() for k, v in net.state_dict().items()}
-
-    def stop_after_two(epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    net2, batches, step, _ = _toy(0)
-    with pytest.raises(KeyboardInterrupt):
-        fit_module(
-            net2,
-            batches,
-            4,
-            step,
-            _scripted(scores),
-            cfg,
-            checkpoint_dir=tmp_path,
-            on_epoch=stop_after_two,
-        )
+    _interrupted_after_two_epochs(scores, cfg, tmp_path)
     (tmp_path / "best.pt").unlink()
     net3, batches, step, _ = _toy(123)
     result = fit_module(net3, batches, 4, step, _scripted(scores[2:]), cfg, checkpoint_dir=tmp_path)
