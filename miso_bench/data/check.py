@@ -19,11 +19,11 @@ import rasterio
 from pyproj import CRS as PROJ_CRS
 from pyproj import Transformer
 
-from ..errors import DatasetError, ManifestError
+from ..errors import DatasetError, ManifestError, MisoBenchWarning
 from .features import extract_point_features
 from .manifest import DatasetManifest, load_manifest, nodata_in_dtype, same_crs
 from .pedons import PedonDataset, read_truth
-from .regions import RegionLayer
+from .regions import OUTSIDE, RegionLayer
 
 __all__ = ["Problem", "check_dataset"]
 
@@ -377,6 +377,62 @@ def _check_pedons(m: DatasetManifest, usable: dict[str, list[Path]], out: list[P
             )
 
 
+def _check_regions(m: DatasetManifest, out: list[Problem]) -> None:
+    """Each region layer reads, and the pedons that lie in none of its polygons (reported as
+    region ``outside`` by runs) are listed: a note, or an error when that is every pedon (the
+    layer is elsewhere: its CRS or extent). A layer without a CRS is a note."""
+    import warnings
+
+    try:
+        table = PedonDataset(m).table if m.regions else None
+    except DatasetError:
+        table = None  # _check_pedons reports it
+    for spec in m.regions.values():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MisoBenchWarning)
+            try:
+                layer = RegionLayer(m, spec)
+            except DatasetError as exc:
+                out.append(Problem.from_error(exc))
+                continue
+        field = f"regions.{spec.name}"
+        if any(
+            isinstance(w.message, MisoBenchWarning) and w.message.key == "region_layer_without_crs"
+            for w in caught
+        ):
+            out.append(
+                Problem(
+                    layer.file,
+                    f"{field}.file",
+                    f"the layer has no CRS, so runs read it in the dataset's ({m.crs})",
+                    "if it is in another, assign that one (e.g. ogr2ogr -a_srs EPSG:4326 "
+                    "out.gpkg in.shp) or restore its .prj",
+                    "note",
+                )
+            )
+        if table is None:
+            continue
+        xy = table[["x", "y"]].to_numpy(np.float64)
+        usable = np.isfinite(xy).all(axis=1)
+        outside = layer.assign(xy[usable, 0], xy[usable, 1]) == OUTSIDE
+        if outside.any():
+            ids = table["id"].to_numpy()[usable][outside]
+            every = bool(outside.all())
+            out.append(
+                Problem(
+                    layer.file,
+                    field,
+                    f"{int(outside.sum()):,} of {int(usable.sum()):,} pedons lie in no polygon "
+                    f"(ids {_examples(ids.tolist())}); runs report them as region "
+                    f"'{OUTSIDE}', never the worst region nor a region-CV fold",
+                    "check the layer's CRS and extent"
+                    if every
+                    else "extend the layer if these pedons belong to a region",
+                    "error" if every else "note",
+                )
+            )
+
+
 def check_dataset(path: str | Path) -> list[Problem]:
     """Every problem found in the dataset at ``path`` (a folder or its ``dataset.yaml``)."""
     out: list[Problem] = []
@@ -386,11 +442,7 @@ def check_dataset(path: str | Path) -> list[Problem]:
         return [Problem.from_error(exc)]
     usable = _check_rasters(m, out)
     _check_pedons(m, usable, out)
-    for spec in m.regions.values():
-        try:
-            RegionLayer(m, spec)
-        except DatasetError as exc:
-            out.append(Problem.from_error(exc))
+    _check_regions(m, out)
     if m.truth_file:
         tpath = m.resolve(m.truth_file)
         try:

@@ -12,6 +12,7 @@ from shapely.geometry import box
 
 from miso_bench.config import resolve_config
 from miso_bench.cv.splitters import LeaveOneRegionOut
+from miso_bench.data.check import check_dataset
 from miso_bench.data.manifest import load_manifest
 from miso_bench.data.regions import OUTSIDE, load_regions
 from miso_bench.engine import build_inputs
@@ -85,3 +86,14 @@ def test_outside_is_never_the_worst_region():
     outside = table[(table["region"] == OUTSIDE) & (table["metric"] == "f1_pos")]
     assert outside["value"].iloc[0] == 0.0  # still reported
     assert result.worst["zone"][0] == "a"
+
+
+def test_data_check_lists_the_pedons_in_no_region(tmp_path):
+    said = [p for p in check_dataset(dataset(tmp_path)) if p.field == "regions.zone"]
+    assert len(said) == 1 and not said[0].is_error
+    assert "5 of 20 pedons lie in no polygon (ids 15, 16, 17, 18, 19)" in said[0].problem
+
+
+def test_data_check_notes_a_layer_without_a_crs(tmp_path):
+    said = [str(p) for p in check_dataset(dataset(tmp_path / "d", prj=False))]
+    assert any("regions.zone.file: the layer has no CRS" in s for s in said), said
