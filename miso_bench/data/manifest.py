@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,6 +491,27 @@ def find_manifest(path: str | Path) -> Path:
     return candidate
 
 
+class _ManifestLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars where YAML 1.1 (PyYAML's default) turns class codes into other
+    values: only ``true``/``false`` are booleans (``[no, yes]``, ``ON`` stay text) and a
+    leading zero is not octal (``010`` stays the code "010", not 8)."""
+
+
+_BOOL, _INT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"
+_ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _firsts in (
+    (_BOOL, r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    (_INT, r"^[-+]?(?:0|[1-9][0-9]*)$", "-+0123456789"),
+):
+    for _first in _firsts:
+        _ManifestLoader.yaml_implicit_resolvers.setdefault(_first, []).append(
+            (_tag, re.compile(_rx))
+        )
+
+
 def load_manifest(path: str | Path) -> DatasetManifest:
     """Read and validate a dataset manifest.
 
@@ -502,7 +524,7 @@ def load_manifest(path: str | Path) -> DatasetManifest:
     file = find_manifest(path)
     r = _Reader(file)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=_ManifestLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise r.fail(
             "(file)", f"cannot be parsed as YAML: {exc}".replace("\n", " "), "fix the YAML syntax"

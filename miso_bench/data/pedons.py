@@ -61,7 +61,8 @@ def read_pedon_table(manifest: DatasetManifest) -> gpd.GeoDataFrame:
             except (ValueError, KeyError):
                 gdf = pd.read_parquet(path)
         else:
-            gdf = pd.read_csv(path)
+            # Ids as written: "007" is not the number 7 (split files list ids as text).
+            gdf = pd.read_csv(path, dtype={spec.id_column: str})
     except Exception as exc:  # the vector/tabular readers raise many types for broken files
         raise DatasetError(
             path,

@@ -162,3 +162,40 @@ def test_truth_labels_are_read_as_pedon_labels_are() -> None:
     assert target.tolist() == [1, 0, 1, 0]
     flags = pd.DataFrame({"x": [0.0, 1.0], "y": 0.0, "pf1m": [True, False]})
     assert truth_targets(flags, "pf1m", (0, 1))[1].tolist() == [1, 0]
+
+
+def test_csv_pedon_ids_keep_their_leading_zeros(tmp_path) -> None:
+    """CSV ids "007" were read as the number 7, so a split file listing "007" matched no
+    pedon: its pedons were neither trained on nor tested, with only a warning."""
+    from miso_bench.cv.splitters import FileSplit
+
+    root = dataset(tmp_path / "d", [0, 1, 0, 1], [0, 1])
+    frame = pd.read_csv(root / "pedons.csv")
+    frame["id"] = ["007", "08", "010", "9"]
+    frame.to_csv(root / "pedons.csv", index=False)
+    ids = PedonDataset(load_manifest(root)).table["id"].tolist()
+    assert ids == ["007", "08", "010", "9"]
+    split = tmp_path / "split.json"
+    split.write_text(
+        '{"fold_0": {"train": ["007", "08"], "test": ["010", "9"]},'
+        ' "fold_1": {"train": ["010", "9"], "test": ["007", "08"]}}'
+    )
+    folds = list(FileSplit(split).split(np.zeros((4, 1)), groups=np.asarray(ids, dtype=object)))
+    assert [sorted(test.tolist()) for _, test in folds] == [[2, 3], [0, 1]]
+    assert [sorted(train.tolist()) for train, _ in folds] == [[0, 1], [2, 3]]
+
+
+def test_manifest_classes_spelled_like_yaml_11_booleans_stay_text(tmp_path) -> None:
+    """PyYAML reads `classes: [ON, OFF]` (or yes/no) as True/False and 010 as 8, which
+    matched none of the label's values: those pedons were dropped as unknown."""
+    codes = ["ON", "OFF", "yes", "no", "010"]
+    root = dataset(tmp_path, codes * 3, codes)
+    text = (root / "dataset.yaml").read_text()
+    for code in codes:
+        text = text.replace(f"'{code}'", code)  # unquoted, as a user would write them
+    (root / "dataset.yaml").write_text(text)
+    m = load_manifest(root)
+    assert m.pedons.labels["lab"].classes == tuple(codes)  # 010 was the octal 8
+    _, report = PedonDataset(m).labelled("lab")
+    assert report.n_unknown == 0 and report.n_kept == 15
+    assert not [p for p in check_dataset(root) if p.is_error]
