@@ -64,10 +64,48 @@ def _offset(value: float, res: float) -> float:
     return min(r, res - r)
 
 
-def _read_all(src: Any) -> None:
-    """Decode every block of every band (raises on corrupt data)."""
+def _read_all(src: Any) -> int:
+    """Decode every block of every band (raises on corrupt data); the number of +-inf
+    values (float files)."""
+    n_inf = 0
+    floating = np.issubdtype(np.dtype(src.dtypes[0]), np.floating)
     for _, window in src.block_windows(1):
-        src.read(window=window)
+        data = src.read(window=window)
+        if floating:
+            n_inf += int(np.isinf(data).sum())
+    return n_inf
+
+
+def _note_packing_and_nodata(src: Any, spec: Any, path: Path, fld: str, out: list[Problem]) -> None:
+    """Notes on how values are read: scale/offset tags unpacked, and a file with no no-data
+    value at all (fill values such as 0 then count as measurements)."""
+    scales, offsets = list(src.scales), list(src.offsets)
+    if any(k != 1.0 for k in scales) or any(o != 0.0 for o in offsets):
+        out.append(
+            Problem(
+                str(path),
+                "(file) scale/offset",
+                f"values are unpacked as stored * scale + offset (scales {scales}, offsets "
+                f"{offsets})",
+                "nothing, if the tags are right; otherwise reset them "
+                "(gdal_edit.py -scale 1 -offset 0)",
+                "note",
+            )
+        )
+    flags = src.mask_flag_enums
+    masked = rasterio.enums.MaskFlags
+    has_mask = any(masked.per_dataset in f or masked.alpha in f for f in flags)
+    if spec.nodata is None and src.nodata is None and not has_mask:
+        out.append(
+            Problem(
+                str(path),
+                f"{fld}.nodata",
+                "no no-data value (manifest, file tag or mask band): every pixel is read as "
+                "a measurement, fill values (e.g. 0 of an Earth Engine export) included",
+                f"set {fld}.nodata to the fill value, or tag the files (gdal_edit.py -a_nodata)",
+                "note",
+            )
+        )
 
 
 def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Path]]:
@@ -115,7 +153,7 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
             with src:
                 good = True
                 try:
-                    _read_all(src)
+                    n_inf = _read_all(src)
                 except rasterio.errors.RasterioError as exc:
                     out.append(
                         Problem(
@@ -126,6 +164,18 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                         )
                     )
                     good = False
+                    n_inf = 0
+                if n_inf:
+                    out.append(
+                        Problem(
+                            str(path),
+                            "(file)",
+                            f"{n_inf:,} values are +-inf (e.g. a log of 0): read as missing",
+                            "nothing, or recompute the band without infinities",
+                            "note",
+                        )
+                    )
+                _note_packing_and_nodata(src, spec, path, fld, out)
                 if src.count != len(spec.bands):
                     out.append(
                         Problem(

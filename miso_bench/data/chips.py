@@ -47,7 +47,14 @@ from torchgeo.samplers import SpatialSampler
 
 from ..errors import DatasetError
 from .grid import GridSpec, dataset_grid
-from .manifest import DatasetManifest, open_raster, raster_nodata, read_masked, require_crs
+from .manifest import (
+    DatasetManifest,
+    open_raster,
+    raster_nodata,
+    read_masked,
+    require_crs,
+    unpack,
+)
 from .rasters import ManifestRaster, open_stack
 
 __all__ = ["ChipSource", "GridSpec", "PedonChipDataset", "PedonSampler"]
@@ -260,13 +267,16 @@ class ChipSource:
                     dtype="float32",
                 ) as vrt:
                     data = vrt.read().astype(np.float32)
+                if nodata is not None and not np.isnan(nodata):
+                    data[data == np.float32(nodata)] = np.nan
+                # Scale and offset are linear, so they apply after the resampling too.
+                data = unpack(src, data).astype(np.float32)
+                data[np.isinf(data)] = np.nan
                 rows, cols = slice(0, bp), slice(0, bp)
         except rasterio.errors.RasterioError as exc:
             raise DatasetError(
                 f.path, "(file)", f"unreadable raster data: {exc}", "re-export it as GeoTIFF"
             ) from exc
-        if nodata is not None and not np.isnan(nodata):
-            data[data == np.float32(nodata)] = np.nan
         return rows, cols, data
 
     def _block(self, br: int, bc: int) -> np.ndarray:

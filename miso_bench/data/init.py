@@ -110,7 +110,7 @@ def _scan(path: Path) -> _Raster:
 
 
 def _sample(path: Path, band: int, nodata: float | None) -> np.ndarray:
-    with rasterio.open(path) as src:
+    with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:  # pixels, not overviews
         f = max(1, math.ceil(max(src.width, src.height) / 256))
         shape = (max(1, src.height // f), max(1, src.width // f))
         data = read_masked(src, None, indexes=band, out_shape=shape)  # GDAL masks as NaN

@@ -9,6 +9,7 @@ at data stored elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -282,6 +283,9 @@ class _Reader:
         return value
 
     def number(self, value: Any, fld: str, positive: bool = False) -> float:
+        if isinstance(value, str):  # YAML reads nan, -1e38 (no dot) as text
+            with contextlib.suppress(ValueError):
+                value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(fld, f"expected a number, got {value!r}", "write a number")
         if positive and value <= 0:
@@ -424,28 +428,64 @@ def raster_nodata(
 
 def read_masked(src: Any, nodata: float | None, **read_args: Any) -> np.ndarray:
     """``src.read(**read_args)`` as float64 with NaN on every missing pixel: those holding
-    ``nodata`` (see :func:`raster_nodata`) and those the file's own GDAL mask marks invalid
-    (an internal or external mask band, or an alpha band). Files with neither read the same
-    as a plain read."""
+    ``nodata`` (see :func:`raster_nodata`), those the file's own GDAL mask marks invalid
+    (an internal or external mask band, or an alpha band) and +-inf (a log of 0); values
+    unpacked with the file's scale and offset tags (:func:`unpack`). Files with none of these
+    read the same as a plain read.
+
+    A read with ``out_shape`` (a decimated sample) comes from the file's overviews when it has
+    them, which are resampled (COGs: cubic), not its pixels: open such files with
+    ``OVERVIEW_LEVEL="NONE"`` (:func:`open_raster` with ``full_resolution``)."""
     import rasterio
 
-    data = src.read(**read_args).astype(np.float64)
+    raw = src.read(**read_args)
+    data = raw.astype(np.float64)
     if nodata is not None and not np.isnan(nodata):
-        data[data == nodata] = np.nan
+        missing = data == nodata
+        if raw.dtype == np.float32:  # a manifest's -3.4e38 is the float32 nodata it rounds to
+            missing |= raw == np.float32(nodata)
+        data[missing] = np.nan
     flags = src.mask_flag_enums
     masked = rasterio.enums.MaskFlags
     if any(masked.per_dataset in f or masked.alpha in f for f in flags):
         valid = src.read_masks(**read_args)
         data[valid == 0] = np.nan
+    data = unpack(src, data, read_args.get("indexes"))
+    data[np.isinf(data)] = np.nan
     return data
 
 
-def open_raster(path: str | os.PathLike[str]) -> Any:
-    """``rasterio.open`` with a one-line :class:`DatasetError` for unreadable files."""
+def unpack(src: Any, data: np.ndarray, indexes: Any = None) -> np.ndarray:
+    """Stored values -> physical values, ``stored * scale + offset``, with the scale and
+    offset tags GDAL reports per band (packed climate grids, Sentinel-2 L2A's -1000 offset);
+    ``data`` is every band (``indexes`` None), a list of bands, or one band (an int)."""
+    many = not isinstance(indexes, int)
+    if indexes is None:
+        picked = list(range(1, src.count + 1))
+    else:
+        picked = [int(b) for b in indexes] if many else [int(indexes)]
+    scales = [float(src.scales[b - 1]) for b in picked]
+    offsets = [float(src.offsets[b - 1]) for b in picked]
+    if all(k == 1.0 for k in scales) and all(o == 0.0 for o in offsets):
+        return data
+    if not many:
+        return data * scales[0] + offsets[0]
+    shape = (-1,) + (1,) * (data.ndim - 1)
+    k = np.asarray(scales, dtype=data.dtype).reshape(shape)
+    o = np.asarray(offsets, dtype=data.dtype).reshape(shape)
+    return data * k + o
+
+
+def open_raster(path: str | os.PathLike[str], full_resolution: bool = False) -> Any:
+    """``rasterio.open`` with a one-line :class:`DatasetError` for unreadable files.
+
+    Args:
+        full_resolution: never read from overviews (for decimated samples of the pixels).
+    """
     import rasterio
 
     try:
-        return rasterio.open(path)
+        return rasterio.open(path, **({"OVERVIEW_LEVEL": "NONE"} if full_resolution else {}))
     except rasterio.errors.RasterioError as exc:
         raise DatasetError(
             path,

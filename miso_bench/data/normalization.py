@@ -67,7 +67,8 @@ def _sample_band_values(
         files = manifest.modality_files(name, required=True)
         for path in files:
             try:
-                with rasterio.open(path) as src:
+                # Full-resolution pixels, not the file's (resampled) overviews.
+                with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:
                     if src.count != len(spec.bands):
                         raise DatasetError(
                             path,

@@ -328,7 +328,7 @@ class MisoModel(ChipModel):
             picked = [files[k] for k in np.unique(np.linspace(0, len(files) - 1, 64).astype(int))]
             counts: dict[float, int] = {}
             for path in picked:
-                with rasterio.Env(), open_raster(path) as src:
+                with rasterio.Env(), open_raster(path, full_resolution=True) as src:
                     f = max(1, int(np.ceil(max(src.width, src.height) / 512)))
                     fill = raster_nodata(spec.nodata, src, path, spec.name)
                     data = read_masked(
