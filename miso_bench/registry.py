@@ -86,6 +86,7 @@ class Registry[T]:
 def slugify(name: str) -> str:
     """Lower snake-case key for metric names and registry keys.
 
-    ``Yukon-Kuskokwim Delta`` becomes ``yukon_kuskokwim_delta``.
+    ``Yukon-Kuskokwim Delta`` becomes ``yukon_kuskokwim_delta``; letters of any script are
+    kept (``Ебергётцен`` is ``ебергётцен``, not ``unnamed``), as MLflow keys allow them.
     """
-    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "unnamed"
+    return re.sub(r"[\W_]+", "_", str(name).lower()).strip("_") or "unnamed"

@@ -24,7 +24,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -569,8 +569,9 @@ class _Step:
                 folds.oof[test] = back
                 metrics = self.tracker.run_metrics(earlier)
                 truth_of[f] = {k: v for k, v in metrics.items() if k.startswith("truth/")}
-                if f"test/centred/{task.primary_metric}" in metrics:
-                    centred_of[f] = metrics[f"test/centred/{task.primary_metric}"]
+                centred = _centred(metrics, task.primary_metric)
+                if centred is not None:
+                    centred_of[f] = centred
                 folds.resumed.append(f)
                 folds.run_ids[f] = earlier
                 self.reporter.fold_finished(name, resumed=True)
@@ -599,8 +600,9 @@ class _Step:
                 continue
             folds.oof[job.spec.test] = result.proba
             truth_of[job.fold] = truth
-            if f"test/centred/{task.primary_metric}" in result.metrics:
-                centred_of[job.fold] = result.metrics[f"test/centred/{task.primary_metric}"]
+            centred = _centred(result.metrics, task.primary_metric)
+            if centred is not None:
+                centred_of[job.fold] = centred
             folds.run_ids[job.fold] = child
             self.caught.tag(self.tracker, self.run_id)
         folds.truth = [truth_of[f] for f in sorted(truth_of)]  # in fold order
@@ -625,6 +627,7 @@ class _Step:
         metrics.update(truth_mean)
         if folds.centred:  # chip models: a chip centred on each pedon (not the map path)
             metrics[f"cv_centred/{primary}"] = float(np.mean(folds.centred))
+            metrics["cv_centred/n_folds"] = float(len(folds.centred))  # folds where defined
         metrics.update(diag.summary())
         metrics["data/n_pedons"] = float(len(inputs.table))
         metrics["data/n_dropped_off_raster"] = float(inputs.n_dropped)
@@ -653,6 +656,14 @@ class _Step:
                 "logged to MLflow; metrics_by_region.csv keeps them",
             )
         self.caught.tag(self.tracker, self.run_id)
+
+
+def _centred(metrics: Mapping[str, float], primary: str) -> float | None:
+    """A fold's centred-chip figure, None where it is absent or undefined (NaN, e.g. f1_pos of
+    a fold without positives): MLflow never stores NaN, so a fresh fold and one read back on
+    resume must both leave it out of the mean, or a resumed run reports another number."""
+    value = metrics.get(f"test/centred/{primary}")
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _mean_truth(per_fold: list[dict[str, float]]) -> dict[str, float]:

@@ -566,3 +566,21 @@ def test_sigterm_interrupts_a_run_used_as_a_library(tiny_dir, home):
         MODELS.unregister("signal_spy")
     assert SIGNALS_SEEN and all(h is not signal.SIG_DFL for h in SIGNALS_SEEN)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the run
+
+
+def test_an_undefined_centred_figure_is_left_out_fresh_or_resumed(tmp_path) -> None:
+    """A fresh fold kept NaN (so cv_centred was NaN and vanished), while a resumed run read the
+    logged values, where MLflow had dropped the NaN, and averaged the other folds."""
+    from miso_bench.runner import _centred
+    from miso_bench.tracking import Tracker
+
+    per_fold = [0.61, float("nan"), 0.58]  # fold 1 holds no positive pedon
+    tracker = Tracker("exp", f"sqlite:///{tmp_path}/m.db")
+    fresh, resumed = [], []
+    for value in per_fold:
+        metrics = {"test/centred/f1_pos": value}
+        with tracker.run("fold") as run_id:
+            tracker.log_metrics(run_id, metrics)
+        fresh.append(_centred(metrics, "f1_pos"))
+        resumed.append(_centred(tracker.run_metrics(run_id), "f1_pos"))
+    assert fresh == resumed == [0.61, None, 0.58]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import MisoBenchError
+from ..errors import MisoBenchError, warn
 from ..evaluation.paired import paired_difference, seed_statistic
 from ..spatial import MetricFrame, block_ids, metric_crs_for
 from ..tracking import open_client
@@ -77,6 +77,10 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> RunRecord:
     config: dict[str, Any] = {}
     with contextlib.suppress(MlflowException, OSError):  # older runs may lack their config
         config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml")).read_text())
+    params = run.data.params
+    if "block_size_m" not in config.get("eval", {}) and "eval.block_size_m" in params:
+        # The bootstrap block of the run, from its logged parameters.
+        config.setdefault("eval", {})["block_size_m"] = float(params["eval.block_size_m"])
     return RunRecord(run_id, run.info.run_name or run_id, dict(run.data.tags), config, oof)
 
 
@@ -184,7 +188,14 @@ def compare_runs(
     for other in records[1:]:
         check_same_pedons(ref, other)
     name, positive = _metric_for(ref, metric)
-    block = float(block_size_m or ref.config.get("eval", {}).get("block_size_m", 1000.0))
+    recorded = ref.config.get("eval", {}).get("block_size_m")
+    if block_size_m is None and recorded is None:
+        warn(
+            "compare_block_size_default",
+            f"run {ref.run_id} records no bootstrap block size (eval.block_size_m): the "
+            "comparison uses 1000 m blocks (fix: give --block-size-m)",
+        )
+    block = float(block_size_m or recorded or 1000.0)
     ids = ref.oof.index
     classes = ref.classes
     lookup = {c: i for i, c in enumerate(classes)}

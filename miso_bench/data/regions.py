@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import geopandas as gpd
 import numpy as np
 
 from ..errors import DatasetError, warn
+from ..registry import slugify
 from ..spatial import OUTSIDE_REGION
 from .manifest import DatasetManifest, RegionSpec
 
@@ -59,6 +62,7 @@ class RegionLayer:
             gdf = gdf.set_crs(manifest.crs)
         self.polygons = gdf[[spec.field, "geometry"]].to_crs(manifest.crs)
         self.polygons[spec.field] = self.polygons[spec.field].astype(str)
+        _check_keys(self.regions, path, f"regions.{spec.name}.field", spec.field)
 
     @property
     def name(self) -> str:
@@ -87,3 +91,26 @@ class RegionLayer:
 def load_regions(manifest: DatasetManifest) -> dict[str, RegionLayer]:
     """All region layers of a manifest, by name."""
     return {name: RegionLayer(manifest, spec) for name, spec in manifest.regions.items()}
+
+
+def _check_keys(names: list[str], path: Any, fld: str, column: str) -> None:
+    """Refuse region names that share a metric key (``Yukon Flats`` and ``Yukon-Flats`` are
+    both ``yukon_flats``; a region named ``Outside`` is the pedons in no polygon): their
+    metrics would overwrite each other in MLflow and the report."""
+    owner: dict[str, str] = {slugify(OUTSIDE): OUTSIDE}
+    for name in names:
+        key = slugify(name)
+        if key in owner:
+            other = owner[key]
+            what = (
+                "is the name of pedons in no polygon"
+                if other == OUTSIDE
+                else f"and {other!r} give the same metric key `{key}`"
+            )
+            raise DatasetError(
+                path,
+                fld,
+                f"region {name!r} {what}",
+                f"rename it in column `{column}` (or merge the two if they are one region)",
+            )
+        owner[key] = name

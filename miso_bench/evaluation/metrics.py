@@ -117,7 +117,14 @@ def metrics_from_confusion(
     weighted = lambda v: _safe_div((v * support).sum(axis=-1), n)  # noqa: E731
     accuracy = _safe_div(tp.sum(axis=-1), n)
     expected = _safe_div((support * predicted).sum(axis=-1), n**2)
-    kappa = _safe_div(accuracy - expected, 1 - expected)
+    # Undefined (NaN, as scikit-learn's) where chance agreement is total: truth and
+    # predictions all one class. 0 there counted in bootstrap CIs and paired differences.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(
+            (n > 0) & (expected < 1),
+            (accuracy - expected) / np.where(expected < 1, 1 - expected, 1),
+            np.nan,
+        )
     out: dict[str, Any] = {
         "accuracy": accuracy,
         "balanced_accuracy": macro(recall),

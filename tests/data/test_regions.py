@@ -97,3 +97,28 @@ def test_data_check_lists_the_pedons_in_no_region(tmp_path):
 def test_data_check_notes_a_layer_without_a_crs(tmp_path):
     said = [str(p) for p in check_dataset(dataset(tmp_path / "d", prj=False))]
     assert any("regions.zone.file: the layer has no CRS" in s for s in said), said
+
+
+@pytest.mark.parametrize(
+    ("names", "clash"),
+    [(["Yukon Flats", "Yukon-Flats"], "yukon_flats"), (["west", "Outside"], "no polygon")],
+)
+def test_region_names_that_share_a_metric_key_are_refused(tmp_path, names, clash):
+    """Their metrics overwrote each other in MLflow, the truth keys and the report."""
+    from miso_bench.errors import DatasetError
+
+    root = dataset(tmp_path)
+    zones = gpd.read_file(root / "zones.shp")
+    zones["name"] = names
+    zones.to_file(root / "zones.shp")
+    with pytest.raises(DatasetError, match=clash):
+        load_regions(load_manifest(root))
+    assert any(p.is_error and clash in p.problem for p in check_dataset(root))
+
+
+def test_region_names_in_other_scripts_keep_their_own_keys():
+    from miso_bench.registry import slugify
+
+    assert slugify("Yukon-Kuskokwim Delta") == "yukon_kuskokwim_delta"
+    assert slugify("Ebergötzen") == "ebergötzen"
+    assert len({slugify("Якутия"), slugify("Магадан"), slugify("北海道")}) == 3

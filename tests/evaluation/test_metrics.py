@@ -152,3 +152,18 @@ def test_paired_and_seed_statistics_keep_the_class_set_too():
     better = y.copy()  # B gets the rare class right: A - B is negative in every replicate
     diff = paired_difference(y, pred[None], better[None], blocks, 3, "macro_f1", n_boot=2000)
     assert diff.high < 0 and diff.share_le0 == 1.0
+
+
+def test_kappa_is_undefined_where_every_label_and_prediction_is_one_class():
+    """Kappa read 0 there (scikit-learn: NaN), so a bootstrap sample that missed the rare
+    class's blocks scored 0 and a perfect classifier got the CI [0, 1]."""
+    y = np.zeros(50, int)
+    proba = np.tile([0.9, 0.1], (50, 1))
+    with pytest.warns(UserWarning):  # scikit-learn: "undefined", NaN
+        expected = skm.cohen_kappa_score(y, proba.argmax(1))
+    assert np.isnan(expected) and np.isnan(classification_metrics(y, proba, BINARY)["kappa"])
+    blocks = np.repeat(np.arange(20), 20)
+    y = np.zeros(400, int)
+    y[(blocks == 3) | (blocks == 11)] = 1
+    ci = bootstrap_ci(y, y.copy(), blocks, 2, 1, n_boot=500, rng=np.random.default_rng(0))
+    assert ci["kappa"] == (1.0, 1.0)
