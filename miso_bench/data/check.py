@@ -21,7 +21,13 @@ from pyproj import Transformer
 
 from ..errors import DatasetError, ManifestError, MisoBenchWarning
 from .features import extract_point_features
-from .manifest import DatasetManifest, load_manifest, nodata_in_dtype, same_crs
+from .manifest import (
+    DatasetManifest,
+    load_manifest,
+    looks_like_aspect,
+    nodata_in_dtype,
+    same_crs,
+)
 from .pedons import PedonDataset, read_truth
 from .regions import OUTSIDE, RegionLayer
 
@@ -126,6 +132,22 @@ def _check_rasters(m: DatasetManifest, out: list[Problem]) -> dict[str, list[Pat
                 )
             )
             continue
+        undeclared = [
+            b
+            for b in spec.bands
+            if looks_like_aspect(b) and b not in spec.circular and b not in spec.categorical
+        ]
+        if undeclared:
+            out.append(
+                Problem(
+                    str(m.path),
+                    f"{fld}.circular",
+                    f"{undeclared} look like aspect (an angle): window means and warping "
+                    "treat them as plain numbers (350 and 10 average to 180)",
+                    f"list them under {fld}.circular, if they are angles in degrees",
+                    "note",
+                )
+            )
         files = m.modality_files(name)
         if not files:
             out.append(

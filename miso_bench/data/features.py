@@ -109,6 +109,12 @@ def _file_values(
         return idx, out
 
 
+def _direction(sin: np.ndarray, cos: np.ndarray) -> np.ndarray:
+    """The mean direction in degrees [0, 360) of mean sines and cosines (NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.mod(np.rad2deg(np.arctan2(sin, cos)), 360.0)
+
+
 def extract_point_features(
     manifest: DatasetManifest,
     x: np.ndarray,
@@ -181,6 +187,13 @@ def extract_point_features(
             # Class codes are not averaged: categorical bands keep the centre pixel.
             categorical = np.array([b in spec.categorical for b in spec.bands])
             values[:, categorical] = centre[:, categorical]
+            # Angles are averaged as directions.
+            for j in [j for j, b in enumerate(spec.bands) if b in spec.circular]:
+                rad = np.deg2rad(np.where(valid[:, j], windows[:, j], 0.0))
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    sin = (np.sin(rad) * valid[:, j]).sum(1) / count[:, j]
+                    cos = (np.cos(rad) * valid[:, j]).sum(1) / count[:, j]
+                values[:, j] = np.where(count[:, j] > 0, _direction(sin, cos), np.nan)
         for j, band in enumerate(spec.bands):
             columns[band] = values[:, j]
     return pd.DataFrame(columns)
@@ -301,6 +314,13 @@ def window_feature_table(
         categorical = {b for spec in manifest.modalities.values() for b in spec.categorical}
         keep = np.array([b in categorical for b in band_names])
         means[keep] = centre[keep]
+        circular = {b for spec in manifest.modalities.values() for b in spec.circular}
+        for j in [j for j, b in enumerate(band_names) if b in circular]:
+            rad = np.deg2rad(filled[j : j + 1])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sin = np.where(count[j] > 0, box(np.sin(rad) * valid[j])[0] / count[j], np.nan)
+                cos = np.where(count[j] > 0, box(np.cos(rad) * valid[j])[0] / count[j], np.nan)
+            means[j] = _direction(sin, cos)
     else:
         means = centre
     frame = pd.DataFrame({b: means[i].ravel() for i, b in enumerate(band_names)})

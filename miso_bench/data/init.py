@@ -38,7 +38,7 @@ import yaml
 
 from ..errors import MisoBenchError
 from .bands import SATLAS_S2_BANDS, canonical_s2_name
-from .manifest import RESERVED_LABEL_NAMES, normalise_label, read_masked
+from .manifest import RESERVED_LABEL_NAMES, looks_like_aspect, normalise_label, read_masked
 
 __all__ = ["Draft", "draft_manifest", "polygons_to_points"]
 
@@ -335,6 +335,13 @@ def draft_manifest(
             draft.guesses.append(
                 f"{name}: {', '.join(categorical)} look categorical (whole numbers, at most "
                 f"{MAX_CATEGORIES} values): class codes, never averaged"
+            )
+        circular = [b for b in bands if b not in categorical and looks_like_aspect(b)]
+        if circular:
+            entry["circular"] = circular
+            draft.guesses.append(
+                f"{name}: {', '.join(circular)} look like aspect (by name): angles in degrees, "
+                "averaged as directions (`circular`)"
             )
         if is_s2:
             red = bands[[canonical_s2_name(b) for b in bands].index("B04")]

@@ -63,6 +63,8 @@ class ModalitySpec:
         dtype: on-disk data type.
         res_m: native resolution in CRS units (defaults to the dataset's).
         categorical: names of bands holding class codes (nearest resampling, no scaling).
+        circular: names of bands holding angles in degrees (aspect): window means average
+            them as directions (350 and 10 give 0, not 180), and warping reads them nearest.
         scale: factor from the stored values to the units models expect; for Sentinel-2,
             L2A digital numbers (reflectance x 10,000): ``scale: 10000`` for reflectance
             stored as 0-1. Only MISO's image encoder applies it (trees are scale-free).
@@ -77,6 +79,7 @@ class ModalitySpec:
     res_m: float
     categorical: tuple[str, ...] = ()
     scale: float = 1.0
+    circular: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,8 @@ class DatasetManifest:
                 entry["res_m"] = m.res_m
             if m.categorical:
                 entry["categorical"] = list(m.categorical)
+            if m.circular:
+                entry["circular"] = list(m.circular)
             if m.scale != 1.0:
                 entry["scale"] = m.scale
             out["modalities"][m.name] = entry
@@ -310,6 +315,11 @@ MISSING_LABELS = frozenset(
 )
 #: Columns of the pedon table itself: a label may not take these names.
 RESERVED_LABEL_NAMES = frozenset({"id", "x", "y", "geometry", "target"})
+
+
+def looks_like_aspect(band: str) -> bool:
+    """A band name that says aspect (``aspect``, ``aspct_4``, ``ASP``), an angle in degrees."""
+    return re.fullmatch(r"(?i)(.*[^a-z])?(aspect|aspct|asp)([^a-z].*)?", band) is not None
 
 
 def normalise_label(value: Any) -> Any:
@@ -597,7 +607,7 @@ def load_manifest(path: str | Path) -> DatasetManifest:
             m,
             fld,
             {"folder", "bands"},
-            {"glob", "nodata", "dtype", "res_m", "categorical", "scale"},
+            {"glob", "nodata", "dtype", "res_m", "categorical", "scale", "circular"},
         )
         bands = r.str_list(m["bands"], f"{fld}.bands")
         dtype = str(m.get("dtype", "float32"))
@@ -616,15 +626,23 @@ def load_manifest(path: str | Path) -> DatasetManifest:
                     "declare the value that marks missing pixels in the files' dtype, or "
                     "correct `dtype`",
                 )
-        categorical = (
-            r.str_list(m["categorical"], f"{fld}.categorical") if m.get("categorical") else ()
-        )
-        unknown = [b for b in categorical if b not in bands]
-        if unknown:
+        listed: dict[str, tuple[str, ...]] = {}
+        for key in ("categorical", "circular"):
+            listed[key] = r.str_list(m[key], f"{fld}.{key}") if m.get(key) else ()
+            unknown = [b for b in listed[key] if b not in bands]
+            if unknown:
+                raise r.fail(
+                    f"{fld}.{key}",
+                    f"{unknown} are not in bands",
+                    "list only band names from `bands`",
+                )
+        categorical = listed["categorical"]
+        both = sorted(set(categorical) & set(listed["circular"]))
+        if both:
             raise r.fail(
-                f"{fld}.categorical",
-                f"{unknown} are not in bands",
-                "list only band names from `bands`",
+                f"{fld}.circular",
+                f"{both} are also categorical",
+                "a band is either class codes or angles",
             )
         modalities[str(name)] = ModalitySpec(
             name=str(name),
@@ -636,6 +654,7 @@ def load_manifest(path: str | Path) -> DatasetManifest:
             res_m=r.number(m.get("res_m", res_m), f"{fld}.res_m", positive=True),
             categorical=categorical,
             scale=r.number(m.get("scale", 1.0), f"{fld}.scale", positive=True),
+            circular=listed["circular"],
         )
     all_bands = [b for spec in modalities.values() for b in spec.bands]
     dupes = sorted({b for b in all_bands if all_bands.count(b) > 1})

@@ -108,8 +108,11 @@ class ManifestRaster(RasterDataset):
 
     @property
     def resampling(self) -> Resampling:
-        """Nearest for modalities with categorical bands (class codes), else bilinear."""
-        return Resampling.nearest if self.spec.categorical else Resampling.bilinear
+        """Nearest for modalities with categorical bands (class codes) or circular ones
+        (angles: bilinear would turn 350 and 10 into 180), else bilinear."""
+        if self.spec.categorical or self.spec.circular:
+            return Resampling.nearest
+        return Resampling.bilinear
 
 
 class Sentinel2Composite(ManifestRaster):

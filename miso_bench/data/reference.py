@@ -385,6 +385,8 @@ def import_reference(
                 "nodata": nodata,
                 "dtype": dtype,
             }
+            if m == "terrain":
+                modalities[m]["circular"] = ["aspct_4"]  # aspect, degrees from north
             report.tiles[m] = len(files)
             gone = sorted(wanted - have)
             if gone:

@@ -173,9 +173,14 @@ def test_overlapping_tiles_give_chips_and_point_features_the_same_values(tiny_co
     # 3 x 3 window means are taken over the same mosaic as the chips.
     means = extract_point_features(m, x, y, modalities=["terrain"], window_px=3)
     block = source.raw_window(int(row0[0]) - 1, int(col0[0]) - 1, 3, cols.size + 2)
-    expected = np.stack(
-        [np.nanmean(block[:, :, j : j + 3].reshape(7, -1), axis=1) for j in range(cols.size)]
-    )
+    windows = np.stack([block[:, :, j : j + 3].reshape(7, -1) for j in range(cols.size)])
+    expected = np.nanmean(windows, axis=2)
+    # Aspect (circular) is averaged as a direction.
+    circular = [m.modalities["terrain"].bands.index(b) for b in m.modalities["terrain"].circular]
+    assert circular == [0]
+    rad = np.deg2rad(windows[:, 0])
+    mean_dir = np.arctan2(np.nanmean(np.sin(rad), 1), np.nanmean(np.cos(rad), 1))
+    expected[:, 0] = np.mod(np.rad2deg(mean_dir), 360)
     np.testing.assert_allclose(means.to_numpy(), expected, rtol=1e-6)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 import yaml
 from rasterio.enums import Resampling
@@ -130,3 +131,80 @@ def test_a_delivery_without_any_no_data_value_gets_a_note(tmp_path) -> None:
     dataset(tmp_path, None, np.array([X0 + 5]), np.array([Y0 - 5]), "float32")
     notes = [p for p in check_dataset(tmp_path) if p.field == "modalities.v.nodata"]
     assert len(notes) == 1 and not notes[0].is_error and "no no-data value" in notes[0].problem
+
+
+def aspect_dataset(root: Path, circular: bool) -> tuple[Path, np.ndarray]:
+    """Aspect alternating 350 and 10 degrees (north-facing) on a 32 x 32 grid, and a tile of
+    the same values shifted by half a pixel (off the grid: warped)."""
+    aspect = np.where((np.indices((32, 32)).sum(0) % 2) == 0, 350.0, 10.0).astype(np.float32)
+    tif(root / "v" / "a.tif", aspect, X0, float("nan"))
+    tif(root / "v" / "b.tif", aspect, X0 + 325, float("nan"))
+    px, py = np.array([X0 + 155, X0 + 485]), np.full(2, Y0 - 155)
+    dataset(root, "nan", px, py, "float32")
+    if circular:
+        manifest = yaml.safe_load((root / "dataset.yaml").read_text())
+        manifest["modalities"]["v"]["circular"] = ["v"]
+        (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return root, np.stack([px, py], 1)
+
+
+def north(deg: np.ndarray) -> np.ndarray:
+    """Angular distance from north, degrees."""
+    return np.minimum(np.mod(deg, 360), 360 - np.mod(deg, 360))
+
+
+def test_circular_bands_are_averaged_as_directions_and_warped_nearest(tmp_path) -> None:
+    """Aspect 350 and 10 averaged to 180 (south) in window means, and bilinear warping of an
+    off-grid file did the same."""
+    from miso_bench.data.features import window_feature_table
+
+    root, xy = aspect_dataset(tmp_path, circular=True)
+    m = load_manifest(root)
+    feats = extract_point_features(m, xy[:, 0], xy[:, 1], window_px=5)["v"].to_numpy()
+    assert (north(feats) < 1).all()  # 13 of 350 and 12 of 10 degrees: 0.4 degrees off north
+    raw = np.where((np.indices((9, 9)).sum(0) % 2) == 0, 350.0, 10.0)[None].astype(np.float32)
+    table = window_feature_table(m, raw, ["v"], 5, np.arange(5.0), np.arange(5.0))
+    assert (north(table["v"].to_numpy()) < 1).all()
+    image, valid, _ = ChipSource(m).window_at(X0 + 485, Y0 - 155, 8)  # inside the warped tile
+    assert valid.all() and set(np.unique(image)) <= {10.0, 350.0}
+
+
+def test_an_aspect_band_not_declared_circular_gets_a_note_and_init_declares_it(tmp_path):
+    from miso_bench.data.init import draft_manifest
+
+    root, _ = aspect_dataset(tmp_path / "d", circular=False)
+    manifest = yaml.safe_load((root / "dataset.yaml").read_text())
+    manifest["modalities"]["v"]["bands"] = ["aspect"]
+    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    notes = [p for p in check_dataset(root) if p.field == "modalities.v.circular"]
+    assert len(notes) == 1 and not notes[0].is_error
+    folder = tmp_path / "new"
+    rng = np.random.default_rng(0)
+    tif(folder / "t" / "a.tif", rng.uniform(0, 360, (32, 32)).astype(np.float32), X0, -9999.0)
+    with rasterio.open(folder / "t" / "a.tif", "r+") as dst:
+        dst.set_band_description(1, "aspect")
+    n = 20
+    pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": X0 + 5 + 10 * np.arange(n),
+            "y": np.full(n, Y0 - 5),
+            "lab": np.arange(n) % 2,
+        }
+    ).to_csv(folder / "points.csv", index=False)
+    draft = draft_manifest(folder)
+    assert any("aspect" in g and "circular" in g for g in draft.guesses)
+    assert load_manifest(folder).modalities["t"].circular == ("aspect",)
+
+
+def test_circular_bands_must_be_bands_and_not_class_codes(tmp_path) -> None:
+    from miso_bench.errors import ManifestError
+
+    root, _ = aspect_dataset(tmp_path, circular=True)
+    manifest = yaml.safe_load((root / "dataset.yaml").read_text())
+    for circular, categorical, match in ((["w"], [], "not in bands"), (["v"], ["v"], "categ")):
+        manifest["modalities"]["v"]["circular"] = circular
+        manifest["modalities"]["v"]["categorical"] = categorical
+        (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        with pytest.raises(ManifestError, match=match):
+            load_manifest(root)

@@ -407,7 +407,14 @@ def generate_synthetic_alaska(
                 RES_M,
             ),
             "terrain": ModalitySpec(
-                "terrain", "terrain", "AK050H*V*.tif", TERRAIN_BANDS, FLOAT_NODATA, "float32", RES_M
+                "terrain",
+                "terrain",
+                "AK050H*V*.tif",
+                TERRAIN_BANDS,
+                FLOAT_NODATA,
+                "float32",
+                RES_M,
+                circular=("aspct_4",),  # aspect, degrees clockwise from north
             ),
             "climate": ModalitySpec(
                 "climate", "climate", "AK050H*V*.tif", CLIMATE_BANDS, FLOAT_NODATA, "float32", RES_M
