@@ -169,7 +169,7 @@ def test_an_error_in_a_worker_is_raised_and_the_rerun_completes_without_duplicat
     assert folds == ["0", "1", "2", "3", "4", "final"]  # each fit logged once
     assert all(c.info.status == "FINISHED" for c in _children(result))
     keys = [k for k in clean.metrics if k.startswith("test/")]
-    assert all(np.isclose(clean.metrics[k], result.metrics[k]) for k in keys)
+    assert all(np.isclose(clean.metrics[k], result.metrics[k], equal_nan=True) for k in keys)
     pd.testing.assert_frame_equal(_oof(clean), _oof(result))
 
 
