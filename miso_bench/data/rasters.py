@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pyproj import CRS as PROJ_CRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from torchgeo.datasets import IntersectionDataset, RasterDataset
 from torchgeo.datasets.errors import DatasetNotFoundError
 
@@ -104,6 +105,16 @@ class ManifestRaster(RasterDataset):
                 f"modalities.{key}.glob",
                 f"no raster matches `{spec.glob}`",
                 f"check modalities.{key}.folder and glob in {manifest.path}",
+            ) from exc
+        except (RuntimeError, RasterioError) as exc:
+            # GDAL cannot warp a file into the dataset CRS (e.g. a projected tile across the
+            # antimeridian onto a longitude/latitude grid): "Parameterization error".
+            raise DatasetError(
+                folder,
+                f"modalities.{key}",
+                f"a file cannot be warped into the dataset CRS {manifest.crs}: {exc}",
+                f"reproject the files to {manifest.crs} yourself (gdalwarp -t_srs "
+                f"{manifest.crs}; split a tile that crosses the antimeridian)",
             ) from exc
 
     @property

@@ -208,3 +208,61 @@ def test_circular_bands_must_be_bands_and_not_class_codes(tmp_path) -> None:
         (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         with pytest.raises(ManifestError, match=match):
             load_manifest(root)
+
+
+def test_a_tile_that_cannot_be_warped_into_the_dataset_crs_is_a_clear_error(tmp_path) -> None:
+    """A projected tile across the antimeridian on a longitude/latitude grid: GDAL's
+    "Parameterization error" came out as a bare RuntimeError traceback."""
+    from pyproj import Transformer
+
+    from miso_bench.errors import DatasetError
+
+    def write(path: Path, data: np.ndarray, crs: str, transform: Any, nodata: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = {"driver": "GTiff", "count": 1, "height": data.shape[0], "width": data.shape[1]}
+        with rasterio.open(
+            path, "w", **profile, dtype="float32", crs=crs, transform=transform, nodata=nodata
+        ) as dst:
+            dst.write(data[None])
+
+    write(
+        tmp_path / "s2" / "a.tif",
+        np.ones((100, 100), np.float32),
+        "EPSG:4326",
+        from_origin(179.9, 52.0, 0.001, 0.001),
+        None,
+    )
+    tx, ty = Transformer.from_crs("EPSG:4326", "EPSG:3338", always_xy=True).transform(
+        [179.9, -179.9], [52.0, 51.9]
+    )
+    x0, y0 = np.floor(min(tx) / 100) * 100 - 2000, np.ceil(max(ty) / 100) * 100 + 2000
+    w, h = int((max(tx) - min(tx) + 4000) / 100), int((max(ty) - min(ty) + 4000) / 100) + 20
+    write(
+        tmp_path / "t" / "t.tif",
+        np.full((h, w), 42.0, np.float32),
+        "EPSG:3338",
+        from_origin(x0, y0, 100, 100),
+        -9999.0,
+    )
+    manifest = {
+        "name": "antimeridian",
+        "crs": "EPSG:4326",
+        "res_m": 0.001,
+        "modalities": {
+            "s2": {"folder": "s2", "bands": ["b"], "nodata": float("nan")},
+            "t": {"folder": "t", "bands": ["elev"], "nodata": -9999.0},
+        },
+        "pedons": {
+            "file": "pedons.csv",
+            "id_column": "id",
+            "x_column": "x",
+            "y_column": "y",
+            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
+        },
+    }
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    pd.DataFrame({"id": [0, 1], "x": [179.95, 179.96], "y": [51.95, 51.95], "lab": [0, 1]}).to_csv(
+        tmp_path / "pedons.csv", index=False
+    )
+    with pytest.raises(DatasetError, match="cannot be warped into the dataset CRS EPSG:4326"):
+        ChipSource(load_manifest(tmp_path))
