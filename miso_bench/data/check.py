@@ -482,6 +482,19 @@ def _check_regions(m: DatasetManifest, out: list[Problem]) -> None:
                     "note",
                 )
             )
+        for w in caught:
+            if isinstance(w.message, MisoBenchWarning) and w.message.key == (
+                "region_polygons_without_name"
+            ):
+                out.append(
+                    Problem(
+                        layer.file,
+                        f"{field}.field",
+                        str(w.message).split(": ", 1)[1].split(" (fix:")[0],
+                        f"give every polygon a `{spec.field}`",
+                        "note",
+                    )
+                )
         if table is None:
             continue
         xy = table[["x", "y"]].to_numpy(np.float64)

@@ -60,8 +60,19 @@ class RegionLayer:
                 "ogr2ogr -a_srs EPSG:4326 out.gpkg in.shp, or restore its .prj)",
             )
             gdf = gdf.set_crs(manifest.crs)
-        self.polygons = gdf[[spec.field, "geometry"]].to_crs(manifest.crs)
-        self.polygons[spec.field] = self.polygons[spec.field].astype(str)
+        polygons = gdf[[spec.field, "geometry"]]
+        unnamed = polygons[spec.field].isna() | (polygons[spec.field].astype(str).str.strip() == "")
+        if unnamed.any():
+            # A polygon without a name is no region: its pedons are "outside" (said, never the
+            # worst region nor a region-CV fold), not a region called "None" or "nan".
+            warn(
+                "region_polygons_without_name",
+                f"{path}: {int(unnamed.sum())} of {len(polygons)} polygons have no `{spec.field}`"
+                f": pedons in them are reported as '{OUTSIDE}' (fix: name them in the layer)",
+            )
+            polygons = polygons[~unnamed]
+        self.polygons = polygons.to_crs(manifest.crs)
+        self.polygons[spec.field] = self.polygons[spec.field].astype(str).str.strip()
         _check_keys(self.regions, path, f"regions.{spec.name}.field", spec.field)
 
     @property

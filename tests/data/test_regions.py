@@ -122,3 +122,17 @@ def test_region_names_in_other_scripts_keep_their_own_keys():
     assert slugify("Yukon-Kuskokwim Delta") == "yukon_kuskokwim_delta"
     assert slugify("Ebergötzen") == "ebergötzen"
     assert len({slugify("Якутия"), slugify("Магадан"), slugify("北海道")}) == 3
+
+
+def test_polygons_without_a_name_are_no_region_and_said(tmp_path):
+    """They became a region called "None" (or "nan"), reported like any other."""
+    root = dataset(tmp_path)
+    zones = gpd.read_file(root / "zones.shp")
+    zones["name"] = ["west", None]
+    zones.to_file(root / "zones.shp")
+    with pytest.warns(MisoBenchWarning, match="1 of 2 polygons have no `name`"):
+        layer = load_regions(load_manifest(root))["zone"]
+    names = layer.assign(PX, PY)
+    assert set(names) == {"west", OUTSIDE} and (names == OUTSIDE).sum() == 5 + 7
+    notes = [p for p in check_dataset(root) if p.field == "regions.zone.field"]
+    assert len(notes) == 1 and not notes[0].is_error and "no `name`" in notes[0].problem
