@@ -149,13 +149,16 @@ def write_point_dataset(
     y: np.ndarray,
     labels: np.ndarray | None = None,
     name: str = "delivery",
+    crs: str = "EPSG:3338",
+    res_m: float = 10.0,
 ) -> Path:
-    """A manifest (EPSG:3338, 10 m) over ``modalities`` and a CSV of pedons at ``(x, y)`` with
-    a binary label ``lab`` (alternating 0/1 unless ``labels`` are given)."""
+    """A manifest (EPSG:3338, 10 m unless ``crs``/``res_m`` say otherwise) over
+    ``modalities`` and a CSV of pedons at ``(x, y)`` with a binary label ``lab`` (alternating
+    0/1 unless ``labels`` are given)."""
     manifest = {
         "name": name,
-        "crs": "EPSG:3338",
-        "res_m": 10.0,
+        "crs": crs,
+        "res_m": res_m,
         "modalities": modalities,
         "pedons": {
             "file": "pedons.csv",

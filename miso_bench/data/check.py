@@ -23,6 +23,7 @@ from ..errors import DatasetError, ManifestError, MisoBenchWarning
 from .features import extract_point_features
 from .manifest import (
     DatasetManifest,
+    has_gdal_mask,
     load_manifest,
     looks_like_aspect,
     nodata_in_dtype,
@@ -98,10 +99,7 @@ def _note_packing_and_nodata(src: Any, spec: Any, path: Path, fld: str, out: lis
                 "note",
             )
         )
-    flags = src.mask_flag_enums
-    masked = rasterio.enums.MaskFlags
-    has_mask = any(masked.per_dataset in f or masked.alpha in f for f in flags)
-    if spec.nodata is None and src.nodata is None and not has_mask:
+    if spec.nodata is None and src.nodata is None and not has_gdal_mask(src):
         out.append(
             Problem(
                 str(path),
@@ -482,19 +480,17 @@ def _check_regions(m: DatasetManifest, out: list[Problem]) -> None:
                     "note",
                 )
             )
-        for w in caught:
-            if isinstance(w.message, MisoBenchWarning) and w.message.key == (
-                "region_polygons_without_name"
-            ):
-                out.append(
-                    Problem(
-                        layer.file,
-                        f"{field}.field",
-                        str(w.message).split(": ", 1)[1].split(" (fix:")[0],
-                        f"give every polygon a `{spec.field}`",
-                        "note",
-                    )
+        if layer.n_unnamed:
+            out.append(
+                Problem(
+                    layer.file,
+                    f"{field}.field",
+                    f"{layer.n_unnamed} polygons have no `{spec.field}`: pedons in them are "
+                    f"reported as '{OUTSIDE}'",
+                    f"give every polygon a `{spec.field}`",
+                    "note",
                 )
+            )
         if table is None:
             continue
         xy = table[["x", "y"]].to_numpy(np.float64)

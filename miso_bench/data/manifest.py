@@ -446,7 +446,6 @@ def read_masked(src: Any, nodata: float | None, **read_args: Any) -> np.ndarray:
     A read with ``out_shape`` (a decimated sample) comes from the file's overviews when it has
     them, which are resampled (COGs: cubic), not its pixels: open such files with
     ``OVERVIEW_LEVEL="NONE"`` (:func:`open_raster` with ``full_resolution``)."""
-    import rasterio
 
     raw = src.read(**read_args)
     data = raw.astype(np.float64)
@@ -455,14 +454,21 @@ def read_masked(src: Any, nodata: float | None, **read_args: Any) -> np.ndarray:
         if raw.dtype == np.float32:  # a manifest's -3.4e38 is the float32 nodata it rounds to
             missing |= raw == np.float32(nodata)
         data[missing] = np.nan
-    flags = src.mask_flag_enums
-    masked = rasterio.enums.MaskFlags
-    if any(masked.per_dataset in f or masked.alpha in f for f in flags):
+    if has_gdal_mask(src):
         valid = src.read_masks(**read_args)
         data[valid == 0] = np.nan
     data = unpack(src, data, read_args.get("indexes"))
     data[np.isinf(data)] = np.nan
     return data
+
+
+def has_gdal_mask(src: Any) -> bool:
+    """The open raster marks its missing pixels with a mask band (internal or external) or
+    an alpha band."""
+    import rasterio
+
+    masked = rasterio.enums.MaskFlags
+    return any(masked.per_dataset in f or masked.alpha in f for f in src.mask_flag_enums)
 
 
 def unpack(src: Any, data: np.ndarray, indexes: Any = None) -> np.ndarray:

@@ -62,12 +62,13 @@ class RegionLayer:
             gdf = gdf.set_crs(manifest.crs)
         polygons = gdf[[spec.field, "geometry"]]
         unnamed = polygons[spec.field].isna() | (polygons[spec.field].astype(str).str.strip() == "")
+        self.n_unnamed = int(unnamed.sum())
         if unnamed.any():
             # A polygon without a name is no region: its pedons are "outside" (said, never the
             # worst region nor a region-CV fold), not a region called "None" or "nan".
             warn(
                 "region_polygons_without_name",
-                f"{path}: {int(unnamed.sum())} of {len(polygons)} polygons have no `{spec.field}`"
+                f"{path}: {self.n_unnamed} of {len(polygons)} polygons have no `{spec.field}`"
                 f": pedons in them are reported as '{OUTSIDE}' (fix: name them in the layer)",
             )
             polygons = polygons[~unnamed]

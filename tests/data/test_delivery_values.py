@@ -23,6 +23,7 @@ from miso_bench.data.chips import ChipSource
 from miso_bench.data.features import extract_point_features
 from miso_bench.data.manifest import load_manifest
 from miso_bench.data.normalization import compute_band_stats
+from tests.helpers import write_point_dataset
 
 X0, Y0 = 100_000.0, 100_320.0
 
@@ -51,25 +52,7 @@ def dataset(root: Path, nodata: Any, px: np.ndarray, py: np.ndarray, dtype: str)
     modality: dict[str, Any] = {"folder": "v", "bands": ["v"], "dtype": dtype}
     if nodata is not None:
         modality["nodata"] = nodata
-    manifest = {
-        "name": "delivery",
-        "crs": "EPSG:3338",
-        "res_m": 10.0,
-        "modalities": {"v": modality},
-        "pedons": {
-            "file": "pedons.csv",
-            "id_column": "id",
-            "x_column": "x",
-            "y_column": "y",
-            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
-        },
-    }
-    (root / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    n = len(px)
-    pd.DataFrame({"id": np.arange(n), "x": px, "y": py, "lab": np.arange(n) % 2}).to_csv(
-        root / "pedons.csv", index=False
-    )
-    return root
+    return write_point_dataset(root, {"v": modality}, px, py)
 
 
 def test_scale_and_offset_tags_are_applied_on_every_read_path(tmp_path) -> None:
@@ -244,25 +227,17 @@ def test_a_tile_that_cannot_be_warped_into_the_dataset_crs_is_a_clear_error(tmp_
         from_origin(x0, y0, 100, 100),
         -9999.0,
     )
-    manifest = {
-        "name": "antimeridian",
-        "crs": "EPSG:4326",
-        "res_m": 0.001,
-        "modalities": {
-            "s2": {"folder": "s2", "bands": ["b"], "nodata": float("nan")},
-            "t": {"folder": "t", "bands": ["elev"], "nodata": -9999.0},
-        },
-        "pedons": {
-            "file": "pedons.csv",
-            "id_column": "id",
-            "x_column": "x",
-            "y_column": "y",
-            "labels": {"lab": {"column": "lab", "classes": [0, 1]}},
-        },
+    modalities = {
+        "s2": {"folder": "s2", "bands": ["b"], "nodata": float("nan")},
+        "t": {"folder": "t", "bands": ["elev"], "nodata": -9999.0},
     }
-    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    pd.DataFrame({"id": [0, 1], "x": [179.95, 179.96], "y": [51.95, 51.95], "lab": [0, 1]}).to_csv(
-        tmp_path / "pedons.csv", index=False
+    write_point_dataset(
+        tmp_path,
+        modalities,
+        np.array([179.95, 179.96]),
+        np.array([51.95, 51.95]),
+        crs="EPSG:4326",
+        res_m=0.001,
     )
     with pytest.raises(DatasetError, match="cannot be warped into the dataset CRS EPSG:4326"):
         ChipSource(load_manifest(tmp_path))
